@@ -1,0 +1,203 @@
+#include "cli/cli.hpp"
+
+#include <spawn.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cli/preflight.hpp"
+#include "core/log.hpp"
+#include "core/size.hpp"
+#include "core/volume.hpp"
+#include "fuse/session.hpp"
+
+extern char** environ;
+
+namespace capturefs::cli {
+
+namespace {
+
+constexpr const char* kAbout = R"(capturefs - a capture directory: every file created in it is a stream.
+
+Tools that can only write their results to a file path write into the mount;
+the bytes are delivered, in order, to a reader that opens the same path.
+No FIFO is created, nothing is written to disk, and memory is bounded.
+
+  capturefs mount /tmp/cap                # returns once the mount is live
+  some-tool --output /tmp/cap/result.txt  # the tool writes a "regular file"
+  cat /tmp/cap/result.txt                 # read it (while or after it is written)
+  capturefs umount /tmp/cap               # or: fusermount3 -u /tmp/cap
+)";
+
+constexpr const char* kMountFooter = R"(
+Semantics, in short:
+  - Any new name opened with O_CREAT is a stream; stat shows a regular file
+    whose size is the bytes written so far.
+  - The first process to open an existing stream read-only is its consumer:
+    it reads the bytes in order and gets EOF once every writer closed it.
+    A second concurrent reader gets EBUSY. Once the consumer has read EOF
+    and closed the file, the name disappears.
+  - Bytes nobody has read yet are kept (up to the limits), so "run the tool,
+    wait for it, then read" works at any size without deadlock.
+  - When the limits are reached, writers wait until a reader drains; Ctrl-C
+    ends the wait with EINTR. A path the tool never created answers ENOENT.
+  - SIGINT or SIGTERM to the daemon unmounts cleanly.
+See README.md for the full semantics table.
+)";
+
+struct MountArgs {
+  std::string mountpoint;
+  bool foreground = false;
+  bool debug = false;
+  bool verbose = false;
+  std::vector<std::string> options;
+  std::string max_memory = "1G";
+  std::string max_stream = "256M";
+  int ready_fd = -1;
+  unsigned threads = 16;
+};
+
+// A size option, checked at parse time so the message names the option.
+std::uint64_t size_or_throw(const std::string& name, const std::string& v) {
+  auto n = core::parse_size(v);
+  if (!n) throw CLI::ValidationError(name, "'" + v + "' is not a size (examples: 4096, 64K, 64M, 1G)");
+  return *n;
+}
+
+int run_mount(const MountArgs& a) {
+  if (a.debug) log::set_level(log::Level::Debug);
+  else if (a.verbose) log::set_level(log::Level::Info);
+  else log::set_level(log::Level::Warn);
+
+  core::Limits limits;
+  limits.max_memory = size_or_throw("--max-memory", a.max_memory);
+  limits.max_stream = size_or_throw("--max-stream", a.max_stream);
+  constexpr std::uint64_t kMinLimit = 2ULL << 20;  // two maximal FUSE writes
+  if (limits.max_memory < kMinLimit || limits.max_stream < kMinLimit) {
+    log::error("--max-memory and --max-stream must be at least 2M");
+    return 2;
+  }
+  if (limits.max_stream > limits.max_memory) limits.max_stream = limits.max_memory;
+
+  std::string error;
+  auto abs = check_mountpoint(a.mountpoint, &error);
+  if (!abs) {
+    log::error("{}", error);
+    return 1;
+  }
+
+  std::vector<std::string> opts;
+  for (const auto& o : a.options) {
+    std::size_t start = 0;
+    while (start <= o.size()) {
+      const std::size_t comma = o.find(',', start);
+      std::string one = o.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      if (!one.empty()) opts.push_back(one);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  }
+
+  core::Volume vol(limits);
+  fuse::SessionOptions so;
+  so.mountpoint = *abs;
+  so.debug = a.debug;
+  so.options = opts;
+  so.max_threads = a.threads;
+  auto session = fuse::Session::mount(vol, so, &error);
+  if (!session) {
+    log::error("{}", error);
+    return 1;
+  }
+  if (!a.foreground && !a.debug) session->daemonize();
+  log::info("mounted {} (max-memory {}, max-stream {})", *abs, core::format_size(limits.max_memory),
+            core::format_size(limits.max_stream));
+  if (a.ready_fd >= 0) {
+    static constexpr char kReady[] = "ready\n";
+    (void)!::write(a.ready_fd, kReady, sizeof kReady - 1);
+    ::close(a.ready_fd);
+  }
+  const int rc = session->serve();
+  session.reset();  // answers parked requests, unmounts
+  log::info("unmounted {}", *abs);
+  return rc == 0 ? 0 : 1;
+}
+
+int run_umount(const std::string& mountpoint, bool lazy) {
+  std::string abs = mountpoint;
+  if (char real[PATH_MAX]; realpath(mountpoint.c_str(), real) != nullptr) abs = real;
+  const auto fs = mounted_fstype(abs);
+  if (!fs) {
+    log::error("{} is not mounted", mountpoint);
+    return 1;
+  }
+  // fusermount3 works for root and for the user who mounted, and cleans up
+  // dead mounts (ENOTCONN) too.
+  std::vector<std::string> args = {"fusermount3", lazy ? "-uz" : "-u", "--", abs};
+  std::vector<char*> argv;
+  for (auto& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  int rc = posix_spawnp(&pid, "fusermount3", nullptr, nullptr, argv.data(), environ);
+  if (rc == 0) {
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+  }
+  // Without fusermount3 (or if it failed), root can still detach the mount.
+  if (geteuid() == 0 && umount2(abs.c_str(), lazy ? MNT_DETACH : 0) == 0) return 0;
+  log::error("cannot unmount {}: {}", mountpoint,
+             rc != 0 ? "fusermount3 not found" : "see the message above (busy? try --lazy)");
+  return 1;
+}
+
+}  // namespace
+
+int tool_main(int argc, char** argv) {
+  CLI::App app{kAbout, "capturefs"};
+  app.set_version_flag("-V,--version", std::string("capturefs ") + CAPTUREFS_VERSION);
+  app.require_subcommand(1);
+
+  MountArgs m;
+  auto* mount = app.add_subcommand("mount", "Mount a capture directory on MOUNTPOINT");
+  mount->add_option("MOUNTPOINT", m.mountpoint, "An existing, empty directory")->required();
+  mount->add_flag("-f,--foreground", m.foreground, "Stay in the foreground (default: return once mounted and run in the background)");
+  mount->add_flag("-d,--debug", m.debug, "Log every FUSE request (implies -f)");
+  mount->add_flag("-v,--verbose", m.verbose, "Log mounts, unmounts and other events");
+  mount->add_option("-o", m.options, "FUSE mount options, comma-separated, repeatable (allow_other, fsname=NAME, ...)")
+      ->type_name("OPT[,OPT...]");
+  mount->add_option("--max-memory", m.max_memory, "Cap on bytes buffered in all streams together (K/M/G suffixes)")
+      ->capture_default_str()->type_name("SIZE");
+  mount->add_option("--max-stream", m.max_stream, "Cap on bytes buffered in one stream (K/M/G suffixes)")
+      ->capture_default_str()->type_name("SIZE");
+  mount->add_option("--ready-fd", m.ready_fd, "Write \"ready\\n\" to this file descriptor once the mount is live, then close it")
+      ->type_name("FD");
+  mount->add_option("--threads", m.threads, "Maximum FUSE worker threads")->capture_default_str()
+      ->check(CLI::Range(1U, 256U));
+  mount->footer(kMountFooter);
+
+  std::string umount_point;
+  bool lazy = false;
+  auto* umount = app.add_subcommand("umount", "Unmount a capture directory (same as fusermount3 -u)");
+  umount->alias("unmount");
+  umount->add_option("MOUNTPOINT", umount_point, "The mounted directory")->required();
+  umount->add_flag("-z,--lazy", lazy, "Detach now even if files are still open");
+
+  try {
+    app.parse(argc, argv);
+    if (*mount) return run_mount(m);
+    if (*umount) return run_umount(umount_point, lazy);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  return 2;
+}
+
+}  // namespace capturefs::cli

@@ -1,0 +1,36 @@
+// Minimal leveled logging to stderr, shared by every layer.
+//
+// The sink is process-wide by nature (there is one stderr); the level is set
+// once at start-up by the CLI. Messages are formatted with fmt by the caller.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <string_view>
+
+namespace capturefs::log {
+
+enum class Level : int { Debug = 0, Info = 1, Warn = 2, Error = 3 };
+
+void set_level(Level l);
+bool enabled(Level l);
+void write(Level l, std::string_view msg);
+
+template <class... A>
+void debug(fmt::format_string<A...> f, A&&... a) {
+  if (enabled(Level::Debug)) write(Level::Debug, fmt::format(f, std::forward<A>(a)...));
+}
+template <class... A>
+void info(fmt::format_string<A...> f, A&&... a) {
+  if (enabled(Level::Info)) write(Level::Info, fmt::format(f, std::forward<A>(a)...));
+}
+template <class... A>
+void warn(fmt::format_string<A...> f, A&&... a) {
+  if (enabled(Level::Warn)) write(Level::Warn, fmt::format(f, std::forward<A>(a)...));
+}
+template <class... A>
+void error(fmt::format_string<A...> f, A&&... a) {
+  if (enabled(Level::Error)) write(Level::Error, fmt::format(f, std::forward<A>(a)...));
+}
+
+}  // namespace capturefs::log

@@ -1,0 +1,390 @@
+#include "core/stream.hpp"
+
+#include <algorithm>
+#include <cassert>
+#include <cerrno>
+
+namespace capturefs::core {
+
+timespec now() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return ts;
+}
+
+void Effects::merge_woken(std::vector<std::weak_ptr<Stream>> w) {
+  if (woken.empty()) {
+    woken = std::move(w);
+  } else {
+    woken.insert(woken.end(), std::make_move_iterator(w.begin()), std::make_move_iterator(w.end()));
+  }
+}
+
+void settle(Effects&& fx) {
+  while (!fx.calls.empty() || !fx.woken.empty()) {
+    auto calls = std::move(fx.calls);
+    fx.calls.clear();
+    for (auto& c : calls) c();
+    auto woken = std::move(fx.woken);
+    fx.woken.clear();
+    for (auto& w : woken) {
+      if (auto s = w.lock()) s->pump(fx);
+    }
+  }
+}
+
+// ---- Parking ---------------------------------------------------------------
+
+void Parking::add(WaitKey key, const std::shared_ptr<Stream>& s) {
+  std::lock_guard lk(mu_);
+  if (key != 0) keys_[key] = s;
+  Held& h = streams_[s.get()];
+  h.stream = s;
+  ++h.ops;
+}
+
+void Parking::remove(WaitKey key, const Stream* s) {
+  std::lock_guard lk(mu_);
+  if (key != 0) keys_.erase(key);
+  auto it = streams_.find(s);
+  if (it != streams_.end() && --it->second.ops == 0) streams_.erase(it);
+}
+
+std::shared_ptr<Stream> Parking::find(WaitKey key) const {
+  std::lock_guard lk(mu_);
+  auto it = keys_.find(key);
+  return it == keys_.end() ? nullptr : it->second.lock();
+}
+
+std::vector<std::shared_ptr<Stream>> Parking::all() const {
+  std::vector<std::shared_ptr<Stream>> out;
+  std::lock_guard lk(mu_);
+  for (const auto& [p, h] : streams_) {
+    if (auto s = h.stream.lock()) out.push_back(std::move(s));
+  }
+  return out;
+}
+
+// ---- Stream ----------------------------------------------------------------
+
+Stream::Stream(Budget& budget, Parking& parking, std::uint64_t max_stream, Meta meta)
+    : budget_(budget), parking_(parking), max_stream_(max_stream), meta_(meta) {}
+
+Stream::~Stream() {
+  // Normally empty by now (release() frees finished streams with effects);
+  // whatever is left goes back without waking anyone.
+  if (reserved_ != 0) (void)budget_.release(reserved_);
+}
+
+void Stream::add_writer() {
+  std::lock_guard lk(mu_);
+  ++writers_;
+  eof_seen_ = false;
+}
+
+Result<std::uint64_t> Stream::add_reader() {
+  std::lock_guard lk(mu_);
+  if (reader_) return Errno{EBUSY};
+  reader_ = true;
+  return delivered_;
+}
+
+bool Stream::release(Role role, Effects& fx) {
+  std::lock_guard lk(mu_);
+  if (role == Role::Writer) {
+    assert(writers_ > 0);
+    --writers_;
+    if (writers_ == 0) progress(fx);  // parked reads may now see EOF
+  } else {
+    reader_ = false;
+    // What this consumer was handed is gone; the next one starts after it.
+    release_memory(queue_.drop(delivered_ - base_), fx);
+    base_ = delivered_;
+    if (!linked_) discard(fx);
+    progress(fx);
+  }
+  const bool done = writers_ == 0 && !reader_ && writes_.empty() &&
+                    ((eof_seen_ && queue_.empty()) || !linked_);
+  if (done && reserved_ != 0) release_memory(queue_.clear(), fx);
+  return done && linked_;
+}
+
+bool Stream::delivered() const {
+  std::lock_guard lk(mu_);
+  return writers_ == 0 && !reader_ && eof_seen_ && queue_.empty() && writes_.empty();
+}
+
+Stream::Apply Stream::try_apply(std::uint64_t off, std::span<const std::byte> data,
+                                Result<std::size_t>* res) {
+  const std::uint64_t e = end();
+  if (off < delivered_) {
+    *res = Errno{EIO};  // those bytes are already with the consumer
+    return Apply::Done;
+  }
+  const std::size_t len = data.size();
+  if (off + len <= e) {
+    queue_.overwrite(off - base_, data);
+  } else {
+    const std::uint64_t overlap = off < e ? e - off : 0;
+    const std::uint64_t zeros = off > e ? off - e : 0;
+    const auto tail = data.subspan(overlap);
+    if (zeros + tail.size() > max_stream_ || zeros + tail.size() > budget_.cap()) {
+      *res = Errno{EFBIG};
+      return Apply::Done;
+    }
+    const std::size_t grow = queue_.growth_for(zeros + tail.size());
+    if (reserved_ + grow > max_stream_) return Apply::NoRoom;  // wait for our reader
+    if (!budget_.try_reserve(grow, shared_from_this())) return Apply::NoRoom;
+    reserved_ += grow;
+    if (overlap != 0) queue_.overwrite(off - base_, data.first(overlap));
+    queue_.append(tail, zeros);
+    assert(reserved_ == queue_.capacity());
+  }
+  meta_.mtime = meta_.ctime = now();
+  *res = len;
+  return Apply::Done;
+}
+
+void Stream::release_memory(std::size_t n, Effects& fx) {
+  if (n == 0) return;
+  assert(n <= reserved_);
+  reserved_ -= n;
+  fx.merge_woken(budget_.release(n));
+}
+
+void Stream::park_key(WaitKey key) { parking_.add(key, shared_from_this()); }
+
+void Stream::forget_key(WaitKey key) { parking_.remove(key, this); }
+
+void Stream::progress(Effects& fx) {
+  for (bool moved = true; moved;) {
+    moved = false;
+    while (!writes_.empty() && writes_.front().armed) {
+      PendingWrite& w = writes_.front();
+      Result<std::size_t> r = w.data.size();
+      if (!discard_ && try_apply(w.off, w.data, &r) == Apply::NoRoom) break;
+      fx.calls.emplace_back([done = std::move(w.done), r] { done(r); });
+      forget_key(w.key);
+      writes_.pop_front();
+      moved = true;
+    }
+    while (!reads_.empty() && reads_.front().armed) {
+      PendingRead& rd = reads_.front();
+      std::size_t n = 0;
+      const Serve what = prepare_read(rd.pos, rd.size, &n, fx);
+      if (what == Serve::Wait) break;
+      if (what == Serve::Data) {
+        std::vector<std::byte> v(n);
+        queue_.peek(rd.pos - base_, v);
+        fx.calls.emplace_back([done = std::move(rd.done), v = std::move(v)] {
+          done(std::span<const std::byte>(v));
+        });
+      } else if (what == Serve::Eof) {
+        fx.calls.emplace_back([done = std::move(rd.done)] { done(std::span<const std::byte>{}); });
+      } else {
+        fx.calls.emplace_back([done = std::move(rd.done)] { done(Errno{EIO}); });
+      }
+      forget_key(rd.key);
+      reads_.pop_front();
+      moved = true;
+    }
+  }
+}
+
+Stream::Serve Stream::prepare_read(std::uint64_t pos, std::size_t size, std::size_t* n,
+                                   Effects& fx) {
+  if (pos < base_) return Serve::Error;  // seeking back past what we kept
+  pos = std::min(pos, end());
+  if (pos > base_) {
+    release_memory(queue_.drop(pos - base_), fx);
+    base_ = pos;
+  }
+  delivered_ = std::max(delivered_, base_);
+  if (pos < end()) {
+    *n = std::min<std::uint64_t>(size, end() - pos);
+    delivered_ = std::max(delivered_, pos + *n);
+    return Serve::Data;
+  }
+  if (writers_ == 0) {
+    eof_seen_ = true;
+    return Serve::Eof;
+  }
+  return Serve::Wait;
+}
+
+Outcome<std::size_t> Stream::write(std::uint64_t off, std::span<const std::byte> data,
+                                   WaitKey key, WriteDone done, Effects& fx) {
+  std::lock_guard lk(mu_);
+  if (discard_) return Result<std::size_t>(data.size());
+  if (writes_.empty()) {
+    Result<std::size_t> r = 0;
+    if (try_apply(off, data, &r) == Apply::Done) {
+      if (r.ok()) progress(fx);
+      return r;
+    }
+  }
+  writes_.push_back(PendingWrite{key, off, std::vector<std::byte>(data.begin(), data.end()),
+                                 std::move(done), key == 0, false});
+  park_key(key);
+  return Parked{};
+}
+
+Outcome<std::span<const std::byte>> Stream::read(std::uint64_t pos, std::size_t size,
+                                                 bool nonblock, WaitKey key, ReadDone done,
+                                                 Effects& fx) {
+  // The immediate path copies into a per-thread buffer, so a read in steady
+  // state allocates nothing. The span is only used until the reply is sent.
+  thread_local std::unique_ptr<std::byte[]> buf;
+  thread_local std::size_t buf_cap = 0;
+  using R = Result<std::span<const std::byte>>;
+
+  std::lock_guard lk(mu_);
+  // Two rounds: freeing what the reader moved past may let a parked write
+  // of this stream in, which brings the bytes this read waits for.
+  for (int round = 0; round < 2 && reads_.empty(); ++round) {
+    if (round == 1) {
+      if (writes_.empty()) break;
+      progress(fx);
+    }
+    std::size_t n = 0;
+    switch (prepare_read(pos, size, &n, fx)) {
+      case Serve::Data:
+        if (buf_cap < n) {
+          buf.reset(new std::byte[n]);
+          buf_cap = n;
+        }
+        queue_.peek(pos - base_, {buf.get(), n});
+        progress(fx);  // our own parked writers may fit now
+        return R(std::span<const std::byte>(buf.get(), n));
+      case Serve::Eof:
+        return R(std::span<const std::byte>{});
+      case Serve::Error:
+        return R(Errno{EIO});
+      case Serve::Wait:
+        break;
+    }
+  }
+  if (nonblock) return R(Errno{EAGAIN});
+  reads_.push_back(PendingRead{key, pos, size, std::move(done), key == 0, false});
+  park_key(key);
+  return Parked{};
+}
+
+namespace {
+template <class Q>
+auto find_key(Q& q, WaitKey key) {
+  return std::find_if(q.begin(), q.end(), [key](const auto& p) { return p.key == key; });
+}
+}  // namespace
+
+void Stream::arm(WaitKey key, Effects& fx) {
+  std::lock_guard lk(mu_);
+  if (auto it = find_key(writes_, key); it != writes_.end()) {
+    it->armed = true;
+    if (it->cancelled) {
+      fx.calls.emplace_back([done = std::move(it->done)] { done(Errno{EINTR}); });
+      writes_.erase(it);
+      forget_key(key);
+    }
+  } else if (auto jt = find_key(reads_, key); jt != reads_.end()) {
+    jt->armed = true;
+    if (jt->cancelled) {
+      fx.calls.emplace_back([done = std::move(jt->done)] { done(Errno{EINTR}); });
+      reads_.erase(jt);
+      forget_key(key);
+    }
+  }
+  progress(fx);
+}
+
+void Stream::cancel(WaitKey key, Effects& fx) {
+  std::lock_guard lk(mu_);
+  if (auto it = find_key(writes_, key); it != writes_.end()) {
+    if (!it->armed) {
+      it->cancelled = true;
+      return;
+    }
+    fx.calls.emplace_back([done = std::move(it->done)] { done(Errno{EINTR}); });
+    writes_.erase(it);
+  } else if (auto jt = find_key(reads_, key); jt != reads_.end()) {
+    if (!jt->armed) {
+      jt->cancelled = true;
+      return;
+    }
+    fx.calls.emplace_back([done = std::move(jt->done)] { done(Errno{EINTR}); });
+    reads_.erase(jt);
+  } else {
+    return;
+  }
+  forget_key(key);
+  progress(fx);
+}
+
+void Stream::pump(Effects& fx) {
+  std::lock_guard lk(mu_);
+  progress(fx);
+}
+
+void Stream::fail_parked(int err, Effects& fx) {
+  std::lock_guard lk(mu_);
+  for (auto& w : writes_) {
+    fx.calls.emplace_back([done = std::move(w.done), err] { done(Errno{err}); });
+    forget_key(w.key);
+  }
+  for (auto& r : reads_) {
+    fx.calls.emplace_back([done = std::move(r.done), err] { done(Errno{err}); });
+    forget_key(r.key);
+  }
+  writes_.clear();
+  reads_.clear();
+}
+
+void Stream::discard(Effects& fx) {
+  discard_ = true;
+  const std::uint64_t e = end();
+  release_memory(queue_.clear(), fx);
+  base_ = e;
+  delivered_ = std::max(delivered_, e);
+  progress(fx);  // parked writes complete as discarded
+}
+
+void Stream::unlinked(Effects& fx) {
+  std::lock_guard lk(mu_);
+  linked_ = false;
+  if (!reader_) discard(fx);
+}
+
+Status Stream::truncate(std::uint64_t size, Effects& fx) {
+  std::lock_guard lk(mu_);
+  if (size == end()) return Ok{};
+  if (size != 0 || delivered_ != 0) return Errno{EINVAL};
+  release_memory(queue_.clear(), fx);
+  base_ = 0;
+  meta_.mtime = meta_.ctime = now();
+  progress(fx);
+  return Ok{};
+}
+
+Attr Stream::attr(Ino ino) const {
+  std::lock_guard lk(mu_);
+  Attr a;
+  a.ino = ino;
+  a.kind = Kind::Stream;
+  a.meta = meta_;
+  a.nlink = linked_ ? 1 : 0;
+  a.size = end();
+  a.blocks = (reserved_ + 511) / 512;
+  return a;
+}
+
+void Stream::set_meta(const SetAttr& sa) {
+  std::lock_guard lk(mu_);
+  if (sa.set_mode) meta_.mode = sa.mode & 07777;
+  if (sa.set_uid) meta_.uid = sa.uid;
+  if (sa.set_gid) meta_.gid = sa.gid;
+  if (sa.set_atime) meta_.atime = sa.atime;
+  if (sa.set_mtime) meta_.mtime = sa.mtime;
+  meta_.ctime = now();
+}
+
+}  // namespace capturefs::core

@@ -1,0 +1,175 @@
+// One captured file: its bytes in flight, its writers, its consumer, and
+// the operations parked on it.
+//
+// CONCURRENCY MODEL
+// Every member is guarded by mu_. Operations that cannot finish now (a read
+// on an empty stream, a write that does not fit the memory limits) are
+// *parked*: their completion callback is stored, and whichever thread later
+// makes progress possible (a write, a read, a release, a cancel) calls it.
+// Callbacks are never called with mu_ held: state changes collect them in
+// an Effects list that the caller settles after unlocking.
+//
+// Parking is two-phase so that a front end can attach a cancel hook
+// without racing completion: a parked op starts *unarmed* and is skipped by
+// completers until arm() is called. FIFO order is kept: an unarmed op at
+// the head of a queue holds back the ops behind it.
+//
+// Lock order: Volume::tree_mu_ -> Stream::mu_ -> {Budget::mu_, Parking::mu_}
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "core/budget.hpp"
+#include "core/byte_queue.hpp"
+#include "core/types.hpp"
+
+namespace capturefs::core {
+
+class Parking;
+
+/// \brief Work to do once no lock is held: callbacks to run and streams
+/// to pump because memory was released.
+struct Effects {
+  std::vector<std::function<void()>> calls;
+  std::vector<std::weak_ptr<Stream>> woken;
+  void merge_woken(std::vector<std::weak_ptr<Stream>> w);
+};
+
+/// \brief Runs the callbacks and pumps woken streams until nothing is left.
+/// Call with no core lock held.
+void settle(Effects&& fx);
+
+enum class Role : std::uint8_t { Writer, Reader };
+
+class Stream : public std::enable_shared_from_this<Stream> {
+ public:
+  Stream(Budget& budget, Parking& parking, std::uint64_t max_stream, Meta meta);
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  /// \brief Registers a writer; a writer arriving after the consumer saw
+  /// EOF reopens the stream.
+  void add_writer();
+  /// \brief Registers the consumer. EBUSY if another one is attached.
+  /// Returns the stream offset at which this consumer starts (its file
+  /// offset 0): where an earlier consumer that left early stopped.
+  Result<std::uint64_t> add_reader();
+
+  /// \brief Drops a writer or the consumer. Returns true when the stream is
+  /// now fully delivered (the consumer read EOF and left, no writer), so its
+  /// name can go.
+  [[nodiscard]] bool release(Role role, Effects& fx);
+
+  /// \brief Writes at an offset (see README semantics). May park.
+  Outcome<std::size_t> write(std::uint64_t off, std::span<const std::byte> data, WaitKey key,
+                             WriteDone done, Effects& fx);
+  /// \brief The consumer reads up to `size` bytes at stream offset `pos`.
+  ///
+  /// Reading at `pos` consumes (frees) everything before it; the bytes
+  /// returned stay until the consumer reads past them or leaves, so a reader
+  /// may seek back within its last read (bash's `read` builtin does).
+  /// Before the retained bytes: EIO. The returned span is valid until the
+  /// calling thread's next read. May park (never if nonblock).
+  Outcome<std::span<const std::byte>> read(std::uint64_t pos, std::size_t size, bool nonblock,
+                                           WaitKey key, ReadDone done, Effects& fx);
+
+  /// \brief Phase two of parking: completers may now finish the op.
+  void arm(WaitKey key, Effects& fx);
+  /// \brief Ends a parked op with EINTR (deferred to arm() if unarmed).
+  void cancel(WaitKey key, Effects& fx);
+  /// \brief Re-tries parked writes and reads (after memory was released).
+  void pump(Effects& fx);
+  /// \brief Ends every parked op with `err` (shutdown).
+  void fail_parked(int err, Effects& fx);
+
+  /// \brief The name is gone. Without a consumer the bytes are dropped and
+  /// later writes are accepted and discarded.
+  void unlinked(Effects& fx);
+
+  /// \brief Truncation: to the current size always works; to 0 only while
+  /// nothing was consumed (drops buffered bytes). Otherwise EINVAL.
+  Status truncate(std::uint64_t size, Effects& fx);
+
+  Attr attr(Ino ino) const;
+  void set_meta(const SetAttr& sa);
+  bool delivered() const;
+
+ private:
+  struct PendingWrite {
+    WaitKey key;
+    std::uint64_t off;
+    std::vector<std::byte> data;
+    WriteDone done;
+    bool armed;
+    bool cancelled;
+  };
+  struct PendingRead {
+    WaitKey key;
+    std::uint64_t pos;
+    std::size_t size;
+    ReadDone done;
+    bool armed;
+    bool cancelled;
+  };
+  enum class Apply : std::uint8_t { Done, NoRoom };
+
+  std::uint64_t end() const { return base_ + queue_.size(); }
+  enum class Serve : std::uint8_t { Data, Eof, Wait, Error };
+  // Consumes up to pos and says what a read at pos gets; for Data, *n bytes
+  // are available at pos.
+  Serve prepare_read(std::uint64_t pos, std::size_t size, std::size_t* n, Effects& fx);
+  // Applies a write if memory allows; sets *res when Done.
+  Apply try_apply(std::uint64_t off, std::span<const std::byte> data, Result<std::size_t>* res);
+  // Completes what can complete; the core of every state change.
+  void progress(Effects& fx);
+  void release_memory(std::size_t n, Effects& fx);
+  void park_key(WaitKey key);
+  void forget_key(WaitKey key);
+  void discard(Effects& fx);
+
+  Budget& budget_;
+  Parking& parking_;
+  const std::uint64_t max_stream_;
+
+  mutable std::mutex mu_;  // see lock order at the top of this file
+  ByteQueue queue_;
+  std::uint64_t base_ = 0;       // stream offset of queue_'s front
+  std::uint64_t delivered_ = 0;  // bytes handed to consumers (>= base_)
+  std::uint64_t reserved_ = 0;  // bytes taken from budget_ (== queue_.capacity())
+  int writers_ = 0;
+  bool reader_ = false;
+  bool eof_seen_ = false;  // the consumer was told EOF
+  bool linked_ = true;     // has a name
+  bool discard_ = false;   // unlinked without consumer: drop everything
+  Meta meta_;
+  std::deque<PendingWrite> writes_;
+  std::deque<PendingRead> reads_;
+};
+
+/// \brief Knows every parked op: its stream by key (for cancel()), and the
+/// streams that hold any (for fail_parked() at shutdown).
+class Parking {
+ public:
+  void add(WaitKey key, const std::shared_ptr<Stream>& s);
+  void remove(WaitKey key, const Stream* s);
+  std::shared_ptr<Stream> find(WaitKey key) const;
+  std::vector<std::shared_ptr<Stream>> all() const;
+
+ private:
+  // Lock order: innermost (taken under Stream::mu_). Calls nothing.
+  mutable std::mutex mu_;
+  std::unordered_map<WaitKey, std::weak_ptr<Stream>> keys_;  // key != 0 only
+  struct Held {
+    std::weak_ptr<Stream> stream;
+    std::size_t ops = 0;
+  };
+  std::unordered_map<const Stream*, Held> streams_;
+};
+
+}  // namespace capturefs::core

@@ -1,0 +1,418 @@
+#include "core/volume.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace capturefs::core {
+
+namespace {
+Meta fresh_meta(std::uint32_t mode, const Caller& who) {
+  Meta m;
+  m.mode = mode & 07777;
+  m.uid = who.uid;
+  m.gid = who.gid;
+  m.atime = m.mtime = m.ctime = now();
+  return m;
+}
+}  // namespace
+
+Volume::Volume(Limits limits) : limits_(limits), budget_(limits.max_memory) {
+  auto root = std::make_shared<Node>();
+  root->ino = kRootIno;
+  root->kind = Kind::Directory;
+  root->parent = kRootIno;
+  root->meta = fresh_meta(0755, Caller{getuid(), getgid(), 0});
+  root->nlookup = 1;  // the kernel holds the root implicitly
+  nodes_.emplace(kRootIno, std::move(root));
+}
+
+Volume::~Volume() = default;
+
+Status Volume::check_name(std::string_view name) {
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string_view::npos)
+    return Errno{EINVAL};
+  if (name.size() > 255) return Errno{ENAMETOOLONG};
+  return Ok{};
+}
+
+Volume::NodePtr Volume::find(Ino ino) const {
+  auto it = nodes_.find(ino);
+  return it == nodes_.end() ? nullptr : it->second;
+}
+
+Result<Volume::NodePtr> Volume::dir(Ino ino) const {
+  NodePtr n = find(ino);
+  if (!n || !n->linked) return Errno{ENOENT};
+  if (n->kind != Kind::Directory) return Errno{ENOTDIR};
+  return n;
+}
+
+Result<Volume::NodePtr> Volume::child(const Node& d, std::string_view name) const {
+  auto it = d.children.find(name);
+  if (it == d.children.end()) return Errno{ENOENT};
+  return find(it->second);
+}
+
+Attr Volume::attr_of(const Node& n) const {
+  if (n.kind == Kind::Stream) return n.stream->attr(n.ino);
+  Attr a;
+  a.ino = n.ino;
+  a.kind = Kind::Directory;
+  a.meta = n.meta;
+  a.nlink = n.linked ? 2 + n.subdirs : 0;
+  a.size = 4096;
+  a.blocks = 8;
+  return a;
+}
+
+Volume::NodePtr Volume::add_node(Node& parent, std::string_view name, Kind kind,
+                                 std::uint32_t mode, const Caller& who) {
+  auto n = std::make_shared<Node>();
+  n->ino = next_ino_++;
+  n->kind = kind;
+  n->parent = parent.ino;
+  n->name = std::string(name);
+  if (kind == Kind::Directory) {
+    n->meta = fresh_meta(mode, who);
+    ++parent.subdirs;
+  } else {
+    n->stream = std::make_shared<Stream>(budget_, parking_, limits_.max_stream,
+                                         fresh_meta(mode, who));
+  }
+  parent.children.emplace(n->name, n->ino);
+  parent.meta.mtime = parent.meta.ctime = now();
+  nodes_.emplace(n->ino, n);
+  return n;
+}
+
+void Volume::detach(Node& parent, Node& n, Effects& fx) {
+  parent.children.erase(n.name);
+  if (n.kind == Kind::Directory) --parent.subdirs;
+  parent.meta.mtime = parent.meta.ctime = now();
+  n.linked = false;
+  if (n.stream) n.stream->unlinked(fx);
+  maybe_drop(n);
+}
+
+void Volume::maybe_drop(const Node& n) {
+  if (n.ino != kRootIno && !n.linked && n.nlookup == 0) nodes_.erase(n.ino);
+}
+
+Result<Attr> Volume::lookup(Ino parent, std::string_view name) {
+  std::lock_guard lk(tree_mu_);
+  auto d = dir(parent);
+  if (!d) return Errno{d.error()};
+  auto c = child(**d, name);
+  if (!c) return Errno{c.error()};
+  ++(*c)->nlookup;
+  return attr_of(**c);
+}
+
+void Volume::forget(Ino ino, std::uint64_t n) {
+  std::lock_guard lk(tree_mu_);
+  NodePtr node = find(ino);
+  if (!node) return;
+  node->nlookup -= std::min(n, node->nlookup);
+  maybe_drop(*node);
+}
+
+Result<Attr> Volume::getattr(Ino ino) {
+  std::lock_guard lk(tree_mu_);
+  NodePtr n = find(ino);
+  if (!n) return Errno{ENOENT};
+  return attr_of(*n);
+}
+
+Result<Attr> Volume::setattr(Ino ino, const SetAttr& sa) {
+  Effects fx;
+  Result<Attr> out = Errno{ENOENT};
+  {
+    std::lock_guard lk(tree_mu_);
+    NodePtr n = find(ino);
+    if (!n) return Errno{ENOENT};
+    if (n->kind == Kind::Stream) {
+      if (sa.set_size) {
+        if (auto st = n->stream->truncate(sa.size, fx); !st) return Errno{st.error()};
+      }
+      n->stream->set_meta(sa);
+    } else {
+      if (sa.set_size) return Errno{EISDIR};
+      if (sa.set_mode) n->meta.mode = sa.mode & 07777;
+      if (sa.set_uid) n->meta.uid = sa.uid;
+      if (sa.set_gid) n->meta.gid = sa.gid;
+      if (sa.set_atime) n->meta.atime = sa.atime;
+      if (sa.set_mtime) n->meta.mtime = sa.mtime;
+      n->meta.ctime = now();
+    }
+    out = attr_of(*n);
+  }
+  settle(std::move(fx));
+  return out;
+}
+
+Result<Attr> Volume::mkdir(Ino parent, std::string_view name, std::uint32_t mode,
+                           const Caller& who) {
+  if (auto st = check_name(name); !st) return Errno{st.error()};
+  std::lock_guard lk(tree_mu_);
+  auto d = dir(parent);
+  if (!d) return Errno{d.error()};
+  if ((*d)->children.contains(name)) return Errno{EEXIST};
+  NodePtr n = add_node(**d, name, Kind::Directory, mode, who);
+  ++n->nlookup;
+  return attr_of(*n);
+}
+
+Result<Attr> Volume::mknod(Ino parent, std::string_view name, std::uint32_t mode,
+                           const Caller& who) {
+  if (auto st = check_name(name); !st) return Errno{st.error()};
+  std::lock_guard lk(tree_mu_);
+  auto d = dir(parent);
+  if (!d) return Errno{d.error()};
+  if ((*d)->children.contains(name)) return Errno{EEXIST};
+  NodePtr n = add_node(**d, name, Kind::Stream, mode, who);
+  ++n->nlookup;
+  return attr_of(*n);
+}
+
+Status Volume::unlink(Ino parent, std::string_view name) {
+  Effects fx;
+  {
+    std::lock_guard lk(tree_mu_);
+    auto d = dir(parent);
+    if (!d) return Errno{d.error()};
+    auto c = child(**d, name);
+    if (!c) return Errno{c.error()};
+    if ((*c)->kind == Kind::Directory) return Errno{EISDIR};
+    detach(**d, **c, fx);
+  }
+  settle(std::move(fx));
+  return Ok{};
+}
+
+Status Volume::rmdir(Ino parent, std::string_view name) {
+  Effects fx;
+  {
+    std::lock_guard lk(tree_mu_);
+    auto d = dir(parent);
+    if (!d) return Errno{d.error()};
+    auto c = child(**d, name);
+    if (!c) return Errno{c.error()};
+    if ((*c)->kind != Kind::Directory) return Errno{ENOTDIR};
+    if (!(*c)->children.empty()) return Errno{ENOTEMPTY};
+    detach(**d, **c, fx);
+  }
+  settle(std::move(fx));
+  return Ok{};
+}
+
+Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::string_view newname,
+                      unsigned flags) {
+  if ((flags & ~(kRenameNoReplace | kRenameExchange)) != 0 ||
+      flags == (kRenameNoReplace | kRenameExchange))
+    return Errno{EINVAL};
+  if (auto st = check_name(newname); !st) return Errno{st.error()};
+  Effects fx;
+  {
+    std::lock_guard lk(tree_mu_);
+    auto sd = dir(parent);
+    if (!sd) return Errno{sd.error()};
+    auto dd = dir(newparent);
+    if (!dd) return Errno{dd.error()};
+    Node& sp = **sd;
+    Node& dp = **dd;
+    auto sc = child(sp, name);
+    if (!sc) return Errno{sc.error()};
+    Node& src = **sc;
+    NodePtr dst;
+    if (auto it = dp.children.find(newname); it != dp.children.end()) dst = find(it->second);
+    if (dst.get() == &src) return Ok{};
+    // A directory cannot move below itself.
+    auto inside = [&](Ino top, Ino ino) {
+      for (NodePtr p = find(ino); p; p = p->ino == kRootIno ? nullptr : find(p->parent))
+        if (p->ino == top) return true;
+      return false;
+    };
+    if (src.kind == Kind::Directory && inside(src.ino, dp.ino)) return Errno{EINVAL};
+    if ((flags & kRenameNoReplace) && dst) return Errno{EEXIST};
+    if (flags & kRenameExchange) {
+      if (!dst) return Errno{ENOENT};
+      if (dst->kind == Kind::Directory && inside(dst->ino, sp.ino)) return Errno{EINVAL};
+      sp.children[src.name] = dst->ino;
+      dp.children[dst->name] = src.ino;
+      if (src.kind != dst->kind && sp.ino != dp.ino) {
+        const int d = src.kind == Kind::Directory ? 1 : -1;
+        sp.subdirs -= d;
+        dp.subdirs += d;
+      }
+      std::swap(src.name, dst->name);
+      std::swap(src.parent, dst->parent);
+    } else {
+      if (dst) {
+        if (src.kind == Kind::Directory && dst->kind != Kind::Directory) return Errno{ENOTDIR};
+        if (src.kind != Kind::Directory && dst->kind == Kind::Directory) return Errno{EISDIR};
+        if (!dst->children.empty()) return Errno{ENOTEMPTY};
+        detach(dp, *dst, fx);
+      }
+      sp.children.erase(src.name);
+      if (src.kind == Kind::Directory) {
+        --sp.subdirs;
+        ++dp.subdirs;
+      }
+      src.name = std::string(newname);
+      src.parent = dp.ino;
+      dp.children.emplace(src.name, src.ino);
+    }
+    sp.meta.mtime = sp.meta.ctime = dp.meta.mtime = dp.meta.ctime = now();
+  }
+  settle(std::move(fx));
+  return Ok{};
+}
+
+Result<std::vector<DirEntry>> Volume::list(Ino ino) {
+  std::lock_guard lk(tree_mu_);
+  auto d = dir(ino);
+  if (!d) return Errno{d.error()};
+  std::vector<DirEntry> out;
+  out.reserve((*d)->children.size());
+  for (const auto& [name, child_ino] : (*d)->children) {
+    NodePtr c = find(child_ino);
+    out.push_back(DirEntry{name, child_ino, c ? c->kind : Kind::Stream});
+  }
+  return out;
+}
+
+StatFs Volume::statfs() {
+  StatFs s;
+  s.capacity = limits_.max_memory;
+  s.used = budget_.used();
+  std::lock_guard lk(tree_mu_);
+  s.files = nodes_.size();
+  return s;
+}
+
+namespace {
+Role role_of(int flags) { return (flags & O_ACCMODE) == O_RDONLY ? Role::Reader : Role::Writer; }
+}  // namespace
+
+Result<Volume::Created> Volume::create(Ino parent, std::string_view name, std::uint32_t mode,
+                                       int flags, const Caller& who) {
+  if (auto st = check_name(name); !st) return Errno{st.error()};
+  Effects fx;
+  Result<Created> out = Errno{EIO};
+  {
+    std::lock_guard lk(tree_mu_);
+    auto d = dir(parent);
+    if (!d) return Errno{d.error()};
+    NodePtr n;
+    if (auto it = (*d)->children.find(name); it != (*d)->children.end()) {
+      // Lost a race with another creator: open what is there.
+      if (flags & O_EXCL) return Errno{EEXIST};
+      n = find(it->second);
+      if (n->kind == Kind::Directory) return Errno{EISDIR};
+      if ((flags & O_TRUNC) && role_of(flags) == Role::Writer) {
+        if (auto st = n->stream->truncate(0, fx); !st) return Errno{st.error()};
+      }
+    } else {
+      n = add_node(**d, name, Kind::Stream, mode, who);
+    }
+    auto h = std::make_unique<Handle>();
+    h->ino = n->ino;
+    h->role = role_of(flags);
+    h->nonblock = (flags & O_NONBLOCK) != 0;
+    h->stream = n->stream;
+    if (h->role == Role::Reader) {
+      auto st = n->stream->add_reader();
+      if (!st) return Errno{st.error()};
+      h->shift = *st;
+    } else {
+      n->stream->add_writer();
+    }
+    ++n->nlookup;
+    out = Created{attr_of(*n), std::move(h)};
+  }
+  settle(std::move(fx));
+  return out;
+}
+
+Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags) {
+  std::unique_lock lk(tree_mu_);
+  NodePtr n = find(ino);
+  if (!n || !n->linked) return Errno{ENOENT};
+  if (n->kind == Kind::Directory) return Errno{EISDIR};
+  Effects fx;
+  if ((flags & O_TRUNC) && role_of(flags) == Role::Writer) {
+    if (auto st = n->stream->truncate(0, fx); !st) return Errno{st.error()};
+  }
+  auto h = std::make_unique<Handle>();
+  h->ino = ino;
+  h->role = role_of(flags);
+  h->nonblock = (flags & O_NONBLOCK) != 0;
+  h->stream = n->stream;
+  if (h->role == Role::Reader) {
+    auto st = n->stream->add_reader();
+    if (!st) return Errno{st.error()};
+    h->shift = *st;
+  } else {
+    n->stream->add_writer();
+  }
+  lk.unlock();
+  settle(std::move(fx));
+  return h;
+}
+
+void Volume::release(std::unique_ptr<Handle> h) {
+  Effects fx;
+  if (h->stream->release(h->role, fx)) {
+    std::lock_guard lk(tree_mu_);
+    NodePtr n = find(h->ino);
+    if (n && n->linked && n->stream == h->stream && n->stream->delivered()) {
+      if (NodePtr p = find(n->parent)) detach(*p, *n, fx);
+    }
+  }
+  h.reset();
+  settle(std::move(fx));
+}
+
+Outcome<std::size_t> Volume::write(Handle& h, std::uint64_t off, std::span<const std::byte> data,
+                                   WaitKey key, WriteDone done) {
+  if (h.role != Role::Writer) return Result<std::size_t>(Errno{EBADF});
+  Effects fx;
+  auto out = h.stream->write(off, data, key, std::move(done), fx);
+  settle(std::move(fx));
+  return out;
+}
+
+Outcome<std::span<const std::byte>> Volume::read(Handle& h, std::uint64_t off, std::size_t size,
+                                                 WaitKey key, ReadDone done) {
+  if (h.role != Role::Reader) return Result<std::span<const std::byte>>(Errno{EINVAL});
+  Effects fx;
+  auto out = h.stream->read(h.shift + off, size, h.nonblock, key, std::move(done), fx);
+  settle(std::move(fx));
+  return out;
+}
+
+void Volume::arm(WaitKey key) {
+  if (auto s = parking_.find(key)) {
+    Effects fx;
+    s->arm(key, fx);
+    settle(std::move(fx));
+  }
+}
+
+void Volume::cancel(WaitKey key) {
+  if (auto s = parking_.find(key)) {
+    Effects fx;
+    s->cancel(key, fx);
+    settle(std::move(fx));
+  }
+}
+
+void Volume::fail_parked(int err) {
+  Effects fx;
+  for (auto& s : parking_.all()) s->fail_parked(err, fx);
+  settle(std::move(fx));
+}
+
+}  // namespace capturefs::core

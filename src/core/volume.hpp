@@ -1,0 +1,140 @@
+// The capture directory as a whole: a tree of directories and streams,
+// the memory budget, and the registry of parked operations.
+//
+// Volume is what a front end talks to. It knows nothing of FUSE: requests
+// arrive as plain calls with inode numbers and flags, and answers leave as
+// Result values or, for operations that must wait, through callbacks.
+//
+// CONCURRENCY MODEL
+// tree_mu_ guards the namespace: nodes_, every directory's children, names
+// and lookup counts, and directory metadata. Stream state is guarded by each
+// stream's own mutex, so data flowing through one stream never contends with
+// lookups or with other streams. A stream is only ever locked inside
+// tree_mu_, never the other way round.
+//
+// Lock order: Volume::tree_mu_ -> Stream::mu_ -> {Budget::mu_, Parking::mu_}
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "core/budget.hpp"
+#include "core/stream.hpp"
+#include "core/types.hpp"
+
+namespace capturefs::core {
+
+/// \brief An open file: which stream, and in which role. Owned by the front
+/// end from open() to release().
+struct Handle {
+  Ino ino = 0;
+  Role role = Role::Writer;
+  bool nonblock = false;
+  std::uint64_t shift = 0;  ///< consumers: stream offset of file offset 0
+  std::shared_ptr<Stream> stream;
+};
+
+struct StatFs {
+  std::uint64_t capacity = 0;  ///< bytes
+  std::uint64_t used = 0;      ///< bytes
+  std::uint64_t files = 0;     ///< nodes
+};
+
+class Volume {
+ public:
+  explicit Volume(Limits limits);
+  ~Volume();
+  Volume(const Volume&) = delete;
+  Volume& operator=(const Volume&) = delete;
+
+  const Limits& limits() const { return limits_; }
+
+  // ---- Names. Calls that return an Attr for a node count one lookup
+  // reference (balanced by forget()), as FUSE expects.
+  Result<Attr> lookup(Ino parent, std::string_view name);
+  void forget(Ino ino, std::uint64_t n);
+  Result<Attr> getattr(Ino ino);
+  Result<Attr> setattr(Ino ino, const SetAttr& sa);
+  Result<Attr> mkdir(Ino parent, std::string_view name, std::uint32_t mode, const Caller& who);
+  /// Creates an empty stream with no writer (mknod S_IFREG).
+  Result<Attr> mknod(Ino parent, std::string_view name, std::uint32_t mode, const Caller& who);
+  Status unlink(Ino parent, std::string_view name);
+  Status rmdir(Ino parent, std::string_view name);
+  Status rename(Ino parent, std::string_view name, Ino newparent, std::string_view newname,
+                unsigned flags);
+  /// \brief The entries of a directory, "." and ".." excluded.
+  Result<std::vector<DirEntry>> list(Ino dir);
+  StatFs statfs();
+
+  // ---- Streams.
+  struct Created {
+    Attr attr;
+    std::unique_ptr<Handle> handle;
+  };
+  /// \brief open(O_CREAT): a new stream, or the existing one (EEXIST with
+  /// O_EXCL). `flags` are open(2) flags.
+  Result<Created> create(Ino parent, std::string_view name, std::uint32_t mode, int flags,
+                         const Caller& who);
+  /// \brief open() of an existing stream: O_RDONLY attaches the consumer
+  /// (EBUSY if taken), anything else adds a writer.
+  Result<std::unique_ptr<Handle>> open(Ino ino, int flags);
+  /// \brief Ends a handle. A consumer that read EOF takes the name with it.
+  void release(std::unique_ptr<Handle> h);
+
+  /// \brief See Stream::write. `done` is called only if Parked is returned.
+  Outcome<std::size_t> write(Handle& h, std::uint64_t off, std::span<const std::byte> data,
+                             WaitKey key, WriteDone done);
+  /// \brief See Stream::read; `off` is the consumer's file offset.
+  /// EINVAL on a writer's handle.
+  Outcome<std::span<const std::byte>> read(Handle& h, std::uint64_t off, std::size_t size,
+                                           WaitKey key, ReadDone done);
+  /// \brief Phase two of parking (see stream.hpp).
+  void arm(WaitKey key);
+  /// \brief Cancels a parked op (EINTR). Unknown keys are ignored.
+  void cancel(WaitKey key);
+  /// \brief Ends every parked operation with `err`. Used at unmount.
+  void fail_parked(int err);
+
+  std::size_t memory_used() const { return budget_.used(); }
+  std::size_t memory_peak() const { return budget_.peak(); }
+
+ private:
+  struct Node {
+    Ino ino = 0;
+    Kind kind = Kind::Directory;
+    Ino parent = 0;
+    std::string name;
+    bool linked = true;
+    std::uint64_t nlookup = 0;
+    Meta meta;                                       // directories only
+    std::map<std::string, Ino, std::less<>> children;  // directories only
+    std::uint32_t subdirs = 0;                       // directories only
+    std::shared_ptr<Stream> stream;                  // streams only
+  };
+  using NodePtr = std::shared_ptr<Node>;
+
+  NodePtr find(Ino ino) const;
+  Result<NodePtr> dir(Ino ino) const;
+  Result<NodePtr> child(const Node& dir, std::string_view name) const;
+  Attr attr_of(const Node& n) const;
+  NodePtr add_node(Node& parent, std::string_view name, Kind kind, std::uint32_t mode,
+                   const Caller& who);
+  void detach(Node& parent, Node& n, Effects& fx);
+  void maybe_drop(const Node& n);
+  static Status check_name(std::string_view name);
+
+  const Limits limits_;
+  Budget budget_;
+  Parking parking_;
+
+  mutable std::mutex tree_mu_;  // see lock order at the top of this file
+  std::unordered_map<Ino, NodePtr> nodes_;
+  Ino next_ino_ = kRootIno + 1;
+};
+
+}  // namespace capturefs::core

@@ -1,0 +1,453 @@
+// FUSE low-level operations for capturefs, grouped by concern:
+// the error boundary, entries (names and attributes), stream I/O with
+// parked requests, directories, and the calls we refuse on purpose.
+//
+// PARKED REQUESTS
+// A read on an empty stream or a write that does not fit the memory limits
+// is not allowed to block a worker thread (libfuse has about ten, and ten
+// blocked handlers would freeze the mount). The core parks it with a
+// callback that holds the raw fuse_req_t and answers it later. Parking is
+// two-phase: after the core returns Parked we register the interrupt hook,
+// then arm() the op. Until arm(), no other thread can answer the request, so
+// fuse_req_interrupt_func() never touches a freed request. If the request
+// was already interrupted, libfuse calls the hook synchronously inside
+// fuse_req_interrupt_func() with its request lock held; answering there
+// would free the request under libfuse's feet, so the hook only notes it
+// (thread-local) and we cancel right after.
+
+#include "fuse/adapter.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "core/log.hpp"
+#include "fuse/reply.hpp"
+
+namespace capturefs::fuse {
+
+using core::Errno;
+using core::Result;
+
+namespace {
+
+// Streams change size with every write and may vanish when delivered, so
+// the kernel must not cache their names or attributes.
+constexpr double kTimeout = 0.0;
+
+Adapter& self(fuse_req_t req) { return *static_cast<Adapter*>(fuse_req_userdata(req)); }
+core::Volume& vol(fuse_req_t req) { return self(req).volume(); }
+core::Handle& handle(const fuse_file_info* fi) {
+  return *reinterpret_cast<core::Handle*>(static_cast<std::uintptr_t>(fi->fh));
+}
+core::WaitKey key_of(fuse_req_t req) { return reinterpret_cast<core::WaitKey>(req); }
+
+// ---- The error boundary ------------------------------------------------------
+// Every handler body runs inside checked(): the core reports errno values
+// directly; anything thrown is mapped here, in one place.
+template <class F>
+void checked(fuse_req_t req, const char* op, F&& body) {
+  Reply r(req);
+  try {
+    body(r);
+  } catch (const std::bad_alloc&) {
+    log::error("{}: out of memory", op);
+    if (r.req() != nullptr) r.err(ENOMEM);
+  } catch (const std::system_error& e) {
+    log::error("{}: {}", op, e.what());
+    if (r.req() != nullptr) r.err(e.code().value() > 0 ? e.code().value() : EIO);
+  } catch (const std::exception& e) {
+    log::error("{}: unexpected error: {}", op, e.what());
+    if (r.req() != nullptr) r.err(EIO);
+  }
+}
+
+// ---- Conversions ------------------------------------------------------------
+struct stat to_stat(const core::Attr& a) {
+  struct stat st{};
+  st.st_ino = a.ino;
+  st.st_mode = (a.kind == core::Kind::Directory ? S_IFDIR : S_IFREG) | a.meta.mode;
+  st.st_nlink = a.nlink;
+  st.st_uid = a.meta.uid;
+  st.st_gid = a.meta.gid;
+  st.st_size = static_cast<off_t>(a.size);
+  st.st_blocks = static_cast<blkcnt_t>(a.blocks);
+  st.st_blksize = core::kBlockSize;
+  st.st_atim = a.meta.atime;
+  st.st_mtim = a.meta.mtime;
+  st.st_ctim = a.meta.ctime;
+  return st;
+}
+
+fuse_entry_param to_entry(const core::Attr& a) {
+  fuse_entry_param e{};
+  e.ino = a.ino;
+  e.generation = 1;
+  e.attr = to_stat(a);
+  e.attr_timeout = kTimeout;
+  e.entry_timeout = kTimeout;
+  return e;
+}
+
+core::Caller caller(fuse_req_t req) {
+  const fuse_ctx* c = fuse_req_ctx(req);
+  return core::Caller{c->uid, c->gid, c->pid};
+}
+
+void reply_entry(Reply& r, const Result<core::Attr>& a) {
+  if (!a) return r.err(a.error());
+  r.entry(to_entry(a.value()));
+}
+
+// ---- Parking ------------------------------------------------------------------
+thread_local fuse_req_t tl_arming = nullptr;
+thread_local bool tl_interrupted_early = false;
+
+void on_interrupt(fuse_req_t req, void* data) {
+  if (req == tl_arming) {  // called from inside fuse_req_interrupt_func()
+    tl_interrupted_early = true;
+    return;
+  }
+  static_cast<Adapter*>(data)->volume().cancel(key_of(req));
+}
+
+void arm(fuse_req_t req) {
+  tl_arming = req;
+  tl_interrupted_early = false;
+  fuse_req_interrupt_func(req, on_interrupt, &self(req));
+  tl_arming = nullptr;
+  core::Volume& v = vol(req);
+  if (tl_interrupted_early) v.cancel(key_of(req));  // marks it; arm() answers EINTR
+  v.arm(key_of(req));
+}
+
+// ---- Lifecycle ------------------------------------------------------------------
+void op_init(void* /*userdata*/, fuse_conn_info* conn) {
+  // Streams bypass the page cache (direct_io per open file), so the
+  // writeback cache would only reorder and delay bytes.
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  conn->max_write = 1024 * 1024;
+  conn->max_readahead = 0;
+  log::debug("init: proto {}.{}, max_write {}", conn->proto_major, conn->proto_minor,
+             conn->max_write);
+}
+
+// ---- Entries --------------------------------------------------------------------
+void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  checked(req, "lookup", [&](Reply& r) { reply_entry(r, vol(req).lookup(parent, name)); });
+}
+
+void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t n) {
+  vol(req).forget(ino, n);
+  fuse_reply_none(req);
+}
+
+void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* list) {
+  for (size_t i = 0; i < count; ++i) vol(req).forget(list[i].ino, list[i].nlookup);
+  fuse_reply_none(req);
+}
+
+void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
+  checked(req, "getattr", [&](Reply& r) {
+    auto a = vol(req).getattr(ino);
+    if (!a) return r.err(a.error());
+    r.attr(to_stat(a.value()), kTimeout);
+  });
+}
+
+void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
+                fuse_file_info* /*fi*/) {
+  checked(req, "setattr", [&](Reply& r) {
+    core::SetAttr sa;
+    sa.set_mode = (to_set & FUSE_SET_ATTR_MODE) != 0;
+    sa.mode = attr->st_mode;
+    sa.set_uid = (to_set & FUSE_SET_ATTR_UID) != 0;
+    sa.uid = attr->st_uid;
+    sa.set_gid = (to_set & FUSE_SET_ATTR_GID) != 0;
+    sa.gid = attr->st_gid;
+    sa.set_size = (to_set & FUSE_SET_ATTR_SIZE) != 0;
+    sa.size = static_cast<std::uint64_t>(attr->st_size);
+    const timespec t = core::now();
+    sa.set_atime = (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_ATIME_NOW)) != 0;
+    sa.atime = (to_set & FUSE_SET_ATTR_ATIME_NOW) ? t : attr->st_atim;
+    sa.set_mtime = (to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) != 0;
+    sa.mtime = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? t : attr->st_mtim;
+    auto a = vol(req).setattr(ino, sa);
+    if (!a) return r.err(a.error());
+    r.attr(to_stat(a.value()), kTimeout);
+  });
+}
+
+void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  checked(req, "mkdir",
+          [&](Reply& r) { reply_entry(r, vol(req).mkdir(parent, name, mode, caller(req))); });
+}
+
+void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t /*rdev*/) {
+  checked(req, "mknod", [&](Reply& r) {
+    // Only regular files exist here: never a FIFO, socket or device node.
+    if (!S_ISREG(mode)) return r.err(EPERM);
+    reply_entry(r, vol(req).mknod(parent, name, mode, caller(req)));
+  });
+}
+
+void op_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  checked(req, "unlink", [&](Reply& r) { r.err(vol(req).unlink(parent, name).error()); });
+}
+
+void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  checked(req, "rmdir", [&](Reply& r) { r.err(vol(req).rmdir(parent, name).error()); });
+}
+
+void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+               const char* newname, unsigned int flags) {
+  checked(req, "rename", [&](Reply& r) {
+    unsigned f = 0;
+    if (flags & RENAME_NOREPLACE) f |= core::kRenameNoReplace;
+    if (flags & RENAME_EXCHANGE) f |= core::kRenameExchange;
+    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) return r.err(EINVAL);
+    r.err(vol(req).rename(parent, name, newparent, newname, f).error());
+  });
+}
+
+void op_statfs(fuse_req_t req, fuse_ino_t /*ino*/) {
+  checked(req, "statfs", [&](Reply& r) {
+    const core::StatFs s = vol(req).statfs();
+    struct statvfs st{};
+    st.f_bsize = 4096;
+    st.f_frsize = 4096;
+    st.f_blocks = s.capacity / 4096;
+    st.f_bfree = st.f_bavail = (s.capacity - std::min(s.used, s.capacity)) / 4096;
+    st.f_files = s.files + 1000000;
+    st.f_ffree = st.f_favail = 1000000;
+    st.f_namemax = 255;
+    r.statfs(st);
+  });
+}
+
+// ---- Stream I/O -----------------------------------------------------------------
+void set_open_flags(fuse_req_t req, fuse_file_info* fi, std::unique_ptr<core::Handle> h) {
+  // direct_io: every read and write reaches us, in order, unbuffered. The
+  // file stays seekable so that lseek(SEEK_CUR/SEEK_END) answers.
+  fi->direct_io = 1;
+  fi->keep_cache = 0;
+  fi->fh = reinterpret_cast<std::uintptr_t>(self(req).adopt(std::move(h)));
+}
+
+void release_handle(fuse_req_t req, const fuse_file_info* fi) {
+  vol(req).release(self(req).disown(&handle(fi)));
+}
+
+void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+               fuse_file_info* fi) {
+  checked(req, "create", [&](Reply& r) {
+    core::Volume& v = vol(req);
+    auto c = v.create(parent, name, mode, fi->flags, caller(req));
+    if (!c) return r.err(c.error());
+    const fuse_entry_param e = to_entry(c->attr);
+    set_open_flags(req, fi, std::move(c->handle));
+    if (!r.create(e, *fi)) {  // the creator went away: undo
+      release_handle(req, fi);
+      v.forget(e.ino, 1);
+    }
+  });
+}
+
+void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  checked(req, "open", [&](Reply& r) {
+    core::Volume& v = vol(req);
+    auto h = v.open(ino, fi->flags);
+    if (!h) return r.err(h.error());
+    set_open_flags(req, fi, std::move(h.value()));
+    if (!r.open(*fi)) release_handle(req, fi);
+  });
+}
+
+void op_read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_info* fi) {
+  checked(req, "read", [&](Reply& r) {
+    auto out = vol(req).read(handle(fi), static_cast<std::uint64_t>(off), size, key_of(req),
+                             [req](Result<std::span<const std::byte>> res) {
+                               Reply late(req);
+                               if (!res) return late.err(res.error());
+                               late.buf(res.value());
+                             });
+    if (std::holds_alternative<core::Parked>(out)) {
+      arm(r.release());
+      return;
+    }
+    auto& res = std::get<0>(out);
+    if (!res) return r.err(res.error());
+    r.buf(res.value());
+  });
+}
+
+void op_write(fuse_req_t req, fuse_ino_t /*ino*/, const char* buf, size_t size, off_t off,
+              fuse_file_info* fi) {
+  checked(req, "write", [&](Reply& r) {
+    auto out = vol(req).write(handle(fi), static_cast<std::uint64_t>(off),
+                              {reinterpret_cast<const std::byte*>(buf), size}, key_of(req),
+                              [req](Result<std::size_t> res) {
+                                Reply late(req);
+                                if (!res) return late.err(res.error());
+                                late.write(res.value());
+                              });
+    if (std::holds_alternative<core::Parked>(out)) {
+      arm(r.release());
+      return;
+    }
+    auto& res = std::get<0>(out);
+    if (!res) return r.err(res.error());
+    r.write(res.value());
+  });
+}
+
+void op_flush(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* /*fi*/) {
+  fuse_reply_err(req, 0);
+}
+
+void op_fsync(fuse_req_t req, fuse_ino_t /*ino*/, int /*datasync*/, fuse_file_info* /*fi*/) {
+  fuse_reply_err(req, 0);  // nothing to make durable: bytes live until consumed
+}
+
+void op_release(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
+  checked(req, "release", [&](Reply& r) {
+    release_handle(req, fi);
+    r.ok();
+  });
+}
+
+// ---- Directories ----------------------------------------------------------------
+struct DirHandle {
+  std::vector<core::DirEntry> entries;
+  fuse_ino_t self = 0;
+};
+
+void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  checked(req, "opendir", [&](Reply& r) {
+    // A snapshot taken at open keeps offsets stable while names change.
+    auto l = vol(req).list(ino);
+    if (!l) return r.err(l.error());
+    auto d = std::make_unique<DirHandle>();
+    d->entries = std::move(l.value());
+    d->self = ino;
+    fi->fh = reinterpret_cast<std::uintptr_t>(d.release());
+    if (!r.open(*fi)) delete reinterpret_cast<DirHandle*>(static_cast<std::uintptr_t>(fi->fh));
+  });
+}
+
+void op_readdir(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_info* fi) {
+  checked(req, "readdir", [&](Reply& r) {
+    const auto& d = *reinterpret_cast<DirHandle*>(static_cast<std::uintptr_t>(fi->fh));
+    std::vector<char> buf(size);
+    std::size_t used = 0;
+    const std::size_t total = d.entries.size() + 2;
+    for (auto i = static_cast<std::size_t>(off); i < total; ++i) {
+      struct stat st{};
+      const char* name = nullptr;
+      if (i < 2) {
+        name = i == 0 ? "." : "..";
+        st.st_ino = d.self;
+        st.st_mode = S_IFDIR;
+      } else {
+        const core::DirEntry& e = d.entries[i - 2];
+        name = e.name.c_str();
+        st.st_ino = e.ino;
+        st.st_mode = e.kind == core::Kind::Directory ? S_IFDIR : S_IFREG;
+      }
+      const std::size_t n = fuse_add_direntry(req, buf.data() + used, size - used, name, &st,
+                                              static_cast<off_t>(i + 1));
+      if (n > size - used) break;
+      used += n;
+    }
+    r.buf({reinterpret_cast<const std::byte*>(buf.data()), used});
+  });
+}
+
+void op_releasedir(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
+  delete reinterpret_cast<DirHandle*>(static_cast<std::uintptr_t>(fi->fh));
+  fuse_reply_err(req, 0);
+}
+
+void op_fsyncdir(fuse_req_t req, fuse_ino_t /*ino*/, int /*datasync*/, fuse_file_info* /*fi*/) {
+  fuse_reply_err(req, 0);
+}
+
+// ---- Refused on purpose -----------------------------------------------------------
+// Extended attributes are uniformly unsupported: answering one way for set
+// and another for remove makes `cp -a` fail half-way.
+void op_setxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t, int) {
+  fuse_reply_err(req, ENOTSUP);
+}
+void op_getxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) { fuse_reply_err(req, ENOTSUP); }
+void op_listxattr(fuse_req_t req, fuse_ino_t, size_t) { fuse_reply_err(req, ENOTSUP); }
+void op_removexattr(fuse_req_t req, fuse_ino_t, const char*) { fuse_reply_err(req, ENOTSUP); }
+void op_symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) { fuse_reply_err(req, EPERM); }
+void op_link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { fuse_reply_err(req, EPERM); }
+void op_fallocate(fuse_req_t req, fuse_ino_t, int, off_t, off_t, fuse_file_info*) {
+  fuse_reply_err(req, EOPNOTSUPP);
+}
+
+}  // namespace
+
+Adapter::~Adapter() {
+  for (core::Handle* h : handles_) vol_.release(std::unique_ptr<core::Handle>(h));
+}
+
+core::Handle* Adapter::adopt(std::unique_ptr<core::Handle> h) {
+  std::lock_guard lk(handles_mu_);
+  handles_.insert(h.get());
+  return h.release();
+}
+
+std::unique_ptr<core::Handle> Adapter::disown(core::Handle* h) {
+  std::lock_guard lk(handles_mu_);
+  handles_.erase(h);
+  return std::unique_ptr<core::Handle>(h);
+}
+
+const fuse_lowlevel_ops& Adapter::ops() {
+  static const fuse_lowlevel_ops table = [] {
+    fuse_lowlevel_ops o{};
+    o.init = op_init;
+    o.lookup = op_lookup;
+    o.forget = op_forget;
+    o.forget_multi = op_forget_multi;
+    o.getattr = op_getattr;
+    o.setattr = op_setattr;
+    o.mknod = op_mknod;
+    o.mkdir = op_mkdir;
+    o.unlink = op_unlink;
+    o.rmdir = op_rmdir;
+    o.symlink = op_symlink;
+    o.rename = op_rename;
+    o.link = op_link;
+    o.open = op_open;
+    o.create = op_create;
+    o.read = op_read;
+    o.write = op_write;
+    o.flush = op_flush;
+    o.release = op_release;
+    o.fsync = op_fsync;
+    o.opendir = op_opendir;
+    o.readdir = op_readdir;
+    o.releasedir = op_releasedir;
+    o.fsyncdir = op_fsyncdir;
+    o.statfs = op_statfs;
+    o.setxattr = op_setxattr;
+    o.getxattr = op_getxattr;
+    o.listxattr = op_listxattr;
+    o.removexattr = op_removexattr;
+    o.fallocate = op_fallocate;
+    return o;
+  }();
+  return table;
+}
+
+}  // namespace capturefs::fuse

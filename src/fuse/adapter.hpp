@@ -1,0 +1,45 @@
+// The FUSE low-level front end of a core::Volume.
+//
+// This file and its .cpp are the only place that speaks FUSE: they turn
+// requests into Volume calls and Volume results into replies. All state
+// lives in the Volume; the adapter itself holds only the volume reference,
+// reached through fuse_req_userdata(), so there is no global state.
+#pragma once
+
+#include <fuse_lowlevel.h>
+
+#include <memory>
+#include <mutex>
+#include <unordered_set>
+
+#include "core/volume.hpp"
+
+namespace capturefs::fuse {
+
+class Adapter {
+ public:
+  explicit Adapter(core::Volume& v) : vol_(v) {}
+  /// Releases the handles the kernel never released (unmount while files
+  /// were open), so their streams are freed.
+  ~Adapter();
+  Adapter(const Adapter&) = delete;
+  Adapter& operator=(const Adapter&) = delete;
+
+  /// \brief The operations table, built in one place.
+  static const fuse_lowlevel_ops& ops();
+
+  core::Volume& volume() { return vol_; }
+
+  /// \brief Takes ownership of an open handle; the pointer goes in fi->fh.
+  core::Handle* adopt(std::unique_ptr<core::Handle> h);
+  /// \brief Gives ownership back, at release.
+  std::unique_ptr<core::Handle> disown(core::Handle* h);
+
+ private:
+  core::Volume& vol_;
+  // Leaf lock: held only to insert or erase, never across a Volume call.
+  std::mutex handles_mu_;
+  std::unordered_set<core::Handle*> handles_;
+};
+
+}  // namespace capturefs::fuse

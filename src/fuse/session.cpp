@@ -1,0 +1,87 @@
+#include "fuse/session.hpp"
+
+#include <fuse_lowlevel.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/log.hpp"
+#include "fuse/adapter.hpp"
+
+namespace capturefs::fuse {
+
+struct Session::Impl {
+  core::Volume& vol;
+  Adapter adapter;
+  std::string mountpoint;
+  unsigned max_threads = 16;
+  fuse_session* se = nullptr;
+  bool mounted = false;
+  bool signals = false;
+
+  explicit Impl(core::Volume& v) : vol(v), adapter(v) {}
+  ~Impl() {
+    if (se == nullptr) return;
+    // Requests still parked (a reader waiting, a writer waiting for memory)
+    // must be answered while the channel is open; after unmount the kernel
+    // would fail them anyway, but then the core's callbacks would dangle.
+    vol.fail_parked(EIO);
+    if (mounted) fuse_session_unmount(se);
+    if (signals) fuse_remove_signal_handlers(se);
+    fuse_session_destroy(se);
+  }
+};
+
+Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Session::~Session() = default;
+
+std::unique_ptr<Session> Session::mount(core::Volume& vol, const SessionOptions& opt,
+                                        std::string* error) {
+  auto impl = std::make_unique<Impl>(vol);
+  impl->mountpoint = opt.mountpoint;
+  impl->max_threads = opt.max_threads;
+
+  // The kernel enforces permission bits (we keep them per node); with
+  // allow_other this is what stops other users from reading streams.
+  std::string o = "default_permissions,fsname=capturefs,subtype=capturefs";
+  for (const auto& x : opt.options) o += "," + x;
+  std::vector<std::string> argv_s = {"capturefs", "-o", o};
+  if (opt.debug) argv_s.emplace_back("-d");
+  std::vector<char*> argv;
+  for (auto& s : argv_s) argv.push_back(s.data());
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+
+  impl->se = fuse_session_new(&args, &Adapter::ops(), sizeof(fuse_lowlevel_ops), &impl->adapter);
+  fuse_opt_free_args(&args);
+  if (impl->se == nullptr) {
+    *error = "cannot start a FUSE session with options '" + o + "' (see the message above)";
+    return nullptr;
+  }
+  if (fuse_set_signal_handlers(impl->se) != 0) {
+    *error = "cannot install signal handlers";
+    return nullptr;
+  }
+  impl->signals = true;
+  if (fuse_session_mount(impl->se, impl->mountpoint.c_str()) != 0) {
+    *error = "mounting " + impl->mountpoint + " failed (see the message above)";
+    return nullptr;
+  }
+  impl->mounted = true;
+  return std::unique_ptr<Session>(new Session(std::move(impl)));
+}
+
+void Session::daemonize() { fuse_daemonize(0); }
+
+int Session::serve() {
+  fuse_loop_config* cfg = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_max_threads(cfg, impl_->max_threads);
+  const int rc = fuse_session_loop_mt(impl_->se, cfg);
+  fuse_loop_cfg_destroy(cfg);
+  if (rc < 0) {
+    log::error("serving {} failed: {}", impl_->mountpoint, std::strerror(-rc));
+    return rc;
+  }
+  return 0;
+}
+
+}  // namespace capturefs::fuse

@@ -1,0 +1,45 @@
+// A mounted FUSE session serving a core::Volume: mount, serve, unmount.
+//
+// This header is FUSE-free so that the CLI (and, later, an embedding
+// library) can drive a mount without including libfuse.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/volume.hpp"
+
+namespace capturefs::fuse {
+
+struct SessionOptions {
+  std::string mountpoint;             ///< absolute path
+  bool debug = false;                 ///< libfuse request tracing
+  std::vector<std::string> options;   ///< -o options, each "name[=value]"
+  unsigned max_threads = 16;
+};
+
+class Session {
+ public:
+  /// \brief Mounts. On failure returns nullptr and sets *error to a message
+  /// naming the cause.
+  static std::unique_ptr<Session> mount(core::Volume& vol, const SessionOptions& opt,
+                                        std::string* error);
+  ~Session();  ///< ends parked requests, then unmounts
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  /// \brief Detaches into the background (fuse_daemonize): the parent exits
+  /// 0, so it returns only in the child. Call before serve().
+  void daemonize();
+  /// \brief Serves requests until SIGINT/SIGTERM/SIGHUP or an external
+  /// unmount. Returns 0 on such a clean end, else a negative errno.
+  int serve();
+
+ private:
+  struct Impl;
+  explicit Session(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace capturefs::fuse
