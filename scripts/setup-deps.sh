@@ -8,7 +8,7 @@ packages=(
   # build
   meson ninja-build pkgconf g++ clang
   # libraries
-  libfuse3-dev libcli11-dev libfmt-dev nlohmann-json3-dev
+  libfuse3-dev libcli11-dev libfmt-dev
   # tests and sanitizers
   libgtest-dev libclang-rt-14-dev python3
   # run time: fusermount3 and /etc/fuse.conf

@@ -58,6 +58,7 @@ void ByteQueue::append(std::span<const std::byte> data, std::size_t zeros) {
 
 void ByteQueue::overwrite(std::size_t pos, std::span<const std::byte> data) {
   assert(pos + data.size() <= size_);
+  if (data.empty()) return;
   std::size_t src = 0;
   for (Block& b : blocks_) {
     const std::size_t len = b.end - b.begin;
@@ -75,6 +76,7 @@ void ByteQueue::overwrite(std::size_t pos, std::span<const std::byte> data) {
 
 void ByteQueue::peek(std::size_t pos, std::span<std::byte> out) const {
   assert(pos + out.size() <= size_);
+  if (out.empty()) return;
   std::size_t done = 0;
   for (const Block& b : blocks_) {
     if (done == out.size()) return;

@@ -114,6 +114,11 @@ bool Stream::delivered() const {
   return writers_ == 0 && !reader_ && eof_seen_ && queue_.empty() && writes_.empty();
 }
 
+bool Stream::fully_read() const {
+  std::lock_guard lk(mu_);
+  return writers_ == 0 && eof_seen_ && delivered_ == end() && writes_.empty();
+}
+
 Stream::Apply Stream::try_apply(std::uint64_t off, std::span<const std::byte> data,
                                 Result<std::size_t>* res) {
   const std::uint64_t e = end();

@@ -99,6 +99,8 @@ class Stream : public std::enable_shared_from_this<Stream> {
   Attr attr(Ino ino) const;
   void set_meta(const SetAttr& sa);
   bool delivered() const;
+  /// \brief The consumer has read everything to EOF and no writer is left.
+  bool fully_read() const;
 
  private:
   struct PendingWrite {

@@ -362,6 +362,19 @@ Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags) {
   return h;
 }
 
+void Volume::flush(Handle& h) {
+  if (h.role != Role::Reader || !h.stream->fully_read()) return;
+  Effects fx;
+  {
+    std::lock_guard lk(tree_mu_);
+    NodePtr n = find(h.ino);
+    if (n && n->linked && n->stream == h.stream && n->stream->fully_read()) {
+      if (NodePtr p = find(n->parent)) detach(*p, *n, fx);
+    }
+  }
+  settle(std::move(fx));
+}
+
 void Volume::release(std::unique_ptr<Handle> h) {
   Effects fx;
   if (h->stream->release(h->role, fx)) {

@@ -83,6 +83,10 @@ class Volume {
   /// \brief open() of an existing stream: O_RDONLY attaches the consumer
   /// (EBUSY if taken), anything else adds a writer.
   Result<std::unique_ptr<Handle>> open(Ino ino, int flags);
+  /// \brief A close(2) of the handle (one of possibly several). A consumer
+  /// that has read to EOF takes the name with it now, so that the name is
+  /// gone when close() returns.
+  void flush(Handle& h);
   /// \brief Ends a handle. A consumer that read EOF takes the name with it.
   void release(std::unique_ptr<Handle> h);
 

@@ -308,8 +308,13 @@ void op_write(fuse_req_t req, fuse_ino_t /*ino*/, const char* buf, size_t size, 
   });
 }
 
-void op_flush(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* /*fi*/) {
-  fuse_reply_err(req, 0);
+void op_flush(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
+  // close(2) waits for this reply (RELEASE comes later, asynchronously), so
+  // a delivered stream's name is dropped here to be gone when close returns.
+  checked(req, "flush", [&](Reply& r) {
+    vol(req).flush(handle(fi));
+    r.ok();
+  });
 }
 
 void op_fsync(fuse_req_t req, fuse_ino_t /*ino*/, int /*datasync*/, fuse_file_info* /*fi*/) {
