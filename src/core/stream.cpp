@@ -84,7 +84,7 @@ void Stream::add_writer() {
 
 Result<std::uint64_t> Stream::add_reader() {
   std::lock_guard lk(mu_);
-  if (reader_) return Errno{EBUSY};
+  if (reader_ || push_) return Errno{EBUSY};
   reader_ = true;
   return delivered_;
 }
@@ -94,7 +94,7 @@ bool Stream::release(Role role, Effects& fx) {
   if (role == Role::Writer) {
     assert(writers_ > 0);
     --writers_;
-    if (writers_ == 0) progress(fx);  // parked reads may now see EOF
+    if (writers_ == 0) progress(fx);  // parked reads (or a push consumer) may now see EOF
   } else {
     reader_ = false;
     // What this consumer was handed is gone; the next one starts after it.
@@ -103,7 +103,7 @@ bool Stream::release(Role role, Effects& fx) {
     if (!linked_) discard(fx);
     progress(fx);
   }
-  const bool done = writers_ == 0 && !reader_ && writes_.empty() &&
+  const bool done = writers_ == 0 && !reader_ && !push_ && writes_.empty() &&
                     ((eof_seen_ && queue_.empty()) || !linked_);
   if (done && reserved_ != 0) release_memory(queue_.clear(), fx);
   return done && linked_;
@@ -111,7 +111,7 @@ bool Stream::release(Role role, Effects& fx) {
 
 bool Stream::delivered() const {
   std::lock_guard lk(mu_);
-  return writers_ == 0 && !reader_ && eof_seen_ && queue_.empty() && writes_.empty();
+  return writers_ == 0 && !reader_ && !push_ && eof_seen_ && queue_.empty() && writes_.empty();
 }
 
 bool Stream::fully_read() const {
@@ -194,6 +194,90 @@ void Stream::progress(Effects& fx) {
       moved = true;
     }
   }
+  maybe_wake(fx);
+}
+
+void Stream::maybe_wake(Effects& fx) {
+  if (!push_ || wake_pending_ || close_sent_) return;
+  const bool data = delivered_ < end() && delivered_ - base_ < push_window_;
+  const bool ended = (writers_ == 0 && writes_.empty() && delivered_ == end()) || !abort_reason_.empty();
+  if (!data && !ended) return;
+  wake_pending_ = true;
+  fx.calls.emplace_back([t = push_, id = push_id_] { t->wake(id); });
+}
+
+Result<std::uint64_t> Stream::attach_push(std::uint64_t id, std::shared_ptr<PushTarget> target,
+                                          std::size_t window, Effects& fx) {
+  std::lock_guard lk(mu_);
+  if (reader_ || push_) return Errno{EBUSY};
+  push_ = std::move(target);
+  push_id_ = id;
+  push_window_ = window;
+  wake_pending_ = false;
+  close_sent_ = false;
+  delivered_ = base_;
+  maybe_wake(fx);
+  return base_;
+}
+
+void Stream::detach_push(Effects& fx) {
+  std::lock_guard lk(mu_);
+  push_.reset();
+  wake_pending_ = false;
+  close_sent_ = false;
+  delivered_ = base_;  // what was not acknowledged goes to the next consumer
+  if (!linked_) discard(fx);
+}
+
+Pull Stream::pull(std::size_t max) {
+  std::lock_guard lk(mu_);
+  Pull p;
+  if (!push_ || close_sent_) return p;
+  const std::uint64_t inflight = delivered_ - base_;
+  if (abort_reason_.empty() && delivered_ < end() && inflight < push_window_) {
+    const std::size_t n = static_cast<std::size_t>(
+        std::min<std::uint64_t>({max, end() - delivered_, push_window_ - inflight}));
+    p.kind = Pull::Kind::Data;
+    p.offset = delivered_;
+    p.bytes.resize(n);
+    queue_.peek(delivered_ - base_, p.bytes);
+    delivered_ += n;
+    return p;
+  }
+  const bool ended = writers_ == 0 && writes_.empty() && delivered_ == end();
+  if (ended || !abort_reason_.empty()) {
+    close_sent_ = true;
+    p.kind = Pull::Kind::Closed;
+    p.end.total = end();
+    p.end.complete = abort_reason_.empty();
+    p.end.reason = abort_reason_;
+    p.finished = base_ == delivered_;
+    return p;
+  }
+  wake_pending_ = false;
+  return p;
+}
+
+bool Stream::ack(std::uint64_t upto, Effects& fx) {
+  std::lock_guard lk(mu_);
+  upto = std::min(upto, delivered_);
+  if (upto > base_) {
+    release_memory(queue_.drop(upto - base_), fx);
+    base_ = upto;
+  }
+  progress(fx);
+  return close_sent_ && base_ == delivered_;
+}
+
+void Stream::abort(std::string reason, Effects& fx) {
+  std::lock_guard lk(mu_);
+  if (abort_reason_.empty()) abort_reason_ = std::move(reason);
+  discard(fx);
+}
+
+bool Stream::has_consumer() const {
+  std::lock_guard lk(mu_);
+  return reader_ || push_ != nullptr;
 }
 
 Stream::Serve Stream::prepare_read(std::uint64_t pos, std::size_t size, std::size_t* n,
@@ -356,6 +440,7 @@ void Stream::discard(Effects& fx) {
 void Stream::unlinked(Effects& fx) {
   std::lock_guard lk(mu_);
   linked_ = false;
+  if (push_ && !close_sent_ && abort_reason_.empty()) abort_reason_ = "unlinked before it was fully delivered";
   if (!reader_) discard(fx);
 }
 

@@ -26,6 +26,7 @@
 
 #include "core/budget.hpp"
 #include "core/byte_queue.hpp"
+#include "core/sink.hpp"
 #include "core/types.hpp"
 
 namespace capturefs::core {
@@ -46,6 +47,25 @@ void settle(Effects&& fx);
 
 enum class Role : std::uint8_t { Writer, Reader };
 
+/// \brief Where a stream with a push consumer signals that it has something
+/// to deliver (data, or its end). Implemented by Subscription. Called with
+/// no core lock held; must not block.
+class PushTarget {
+ public:
+  virtual ~PushTarget() = default;
+  virtual void wake(std::uint64_t id) = 0;
+};
+
+/// \brief One step of push delivery (see Stream::pull).
+struct Pull {
+  enum class Kind : std::uint8_t { Nothing, Data, Closed };
+  Kind kind = Kind::Nothing;
+  std::uint64_t offset = 0;
+  std::vector<std::byte> bytes;  // Data
+  StreamEnd end;                 // Closed
+  bool finished = false;         // Closed, and every byte acknowledged
+};
+
 class Stream : public std::enable_shared_from_this<Stream> {
  public:
   Stream(Budget& budget, Parking& parking, std::uint64_t max_stream, Meta meta);
@@ -56,6 +76,26 @@ class Stream : public std::enable_shared_from_this<Stream> {
   /// \brief Registers a writer; a writer arriving after the consumer saw
   /// EOF reopens the stream.
   void add_writer();
+  /// \brief Attaches a push consumer (EBUSY if the stream has a consumer).
+  /// It is woken through `target` whenever there is something to pull.
+  /// Returns the offset its first byte will have.
+  Result<std::uint64_t> attach_push(std::uint64_t id, std::shared_ptr<PushTarget> target,
+                                    std::size_t window, Effects& fx);
+  /// \brief Detaches the push consumer; bytes it did not acknowledge will be
+  /// delivered again to the next consumer.
+  void detach_push(Effects& fx);
+  /// \brief Takes the next step of push delivery: up to `max` bytes (never
+  /// more than `window` unacknowledged), or the end, or nothing for now.
+  Pull pull(std::size_t max);
+  /// \brief The push consumer has processed every byte before `upto`.
+  /// Returns true once the stream is finished: its end was pulled and every
+  /// byte acknowledged.
+  bool ack(std::uint64_t upto, Effects& fx);
+  /// \brief Ends the stream for its consumer with a reason; later writes
+  /// are accepted and discarded.
+  void abort(std::string reason, Effects& fx);
+  bool has_consumer() const;
+
   /// \brief Registers the consumer. EBUSY if another one is attached.
   /// Returns the stream offset at which this consumer starts (its file
   /// offset 0): where an earlier consumer that left early stopped.
@@ -131,6 +171,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
   // Completes what can complete; the core of every state change.
   void progress(Effects& fx);
   void release_memory(std::size_t n, Effects& fx);
+  void maybe_wake(Effects& fx);
   void park_key(WaitKey key);
   void forget_key(WaitKey key);
   void discard(Effects& fx);
@@ -149,6 +190,13 @@ class Stream : public std::enable_shared_from_this<Stream> {
   bool eof_seen_ = false;  // the consumer was told EOF
   bool linked_ = true;     // has a name
   bool discard_ = false;   // unlinked without consumer: drop everything
+  // Push consumer (exclusive with reader_).
+  std::shared_ptr<PushTarget> push_;
+  std::uint64_t push_id_ = 0;
+  std::size_t push_window_ = 0;
+  bool wake_pending_ = false;  // a wake is on its way; cleared by pull()
+  bool close_sent_ = false;    // pull() handed out the end
+  std::string abort_reason_;
   Meta meta_;
   std::deque<PendingWrite> writes_;
   std::deque<PendingRead> reads_;

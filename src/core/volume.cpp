@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace capturefs::core {
@@ -28,7 +29,106 @@ Volume::Volume(Limits limits) : limits_(limits), budget_(limits.max_memory) {
   nodes_.emplace(kRootIno, std::move(root));
 }
 
-Volume::~Volume() = default;
+Volume::~Volume() {
+  std::vector<std::shared_ptr<Subscription>> subs;
+  {
+    std::lock_guard lk(tree_mu_);
+    subs = subs_;
+  }
+  for (auto& s : subs) s->close();
+}
+
+std::string Volume::path_locked(const Node& n) const {
+  std::vector<const std::string*> parts;
+  for (const Node* p = &n; p != nullptr && p->ino != kRootIno;) {
+    parts.push_back(&p->name);
+    NodePtr up = find(p->parent);
+    p = up.get();
+  }
+  std::string out;
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+    if (!out.empty()) out += '/';
+    out += **it;
+  }
+  return out;
+}
+
+std::string Volume::path_of(Ino ino) {
+  std::lock_guard lk(tree_mu_);
+  NodePtr n = find(ino);
+  return n ? path_locked(*n) : std::string();
+}
+
+void Volume::assign(Node& n, Effects& fx) {
+  if (subs_.empty() || !n.stream || !n.linked) return;
+  const std::string path = path_locked(n);
+  for (std::size_t i = 0; i < subs_.size(); ++i) {
+    const std::size_t k = (next_sub_ + i) % subs_.size();
+    const auto& sub = subs_[k];
+    if (!sub->matches(path)) continue;
+    auto start = n.stream->attach_push(n.ino, sub, sub->window(), fx);
+    if (!start) return;  // taken meanwhile
+    StreamInfo info;
+    info.id = n.ino;
+    info.path = path;
+    info.writer_pid = n.creator_pid;
+    info.writer_uid = n.creator_uid;
+    info.created = n.created;
+    info.start_offset = *start;
+    sub->adopt(n.stream, info);
+    next_sub_ = k + 1;
+    return;
+  }
+}
+
+std::shared_ptr<Subscription> Volume::subscribe(PathFilter filter, std::shared_ptr<Sink> sink,
+                                                SubscriptionOptions opt) {
+  auto sub = std::make_shared<Subscription>(*this, std::move(filter), std::move(sink), opt);
+  sub->start();
+  Effects fx;
+  {
+    std::lock_guard lk(tree_mu_);
+    subs_.push_back(sub);
+    // Streams that waited for a consumer: oldest first.
+    std::vector<NodePtr> waiting;
+    for (const auto& [ino, n] : nodes_)
+      if (n->stream && n->linked && !n->stream->has_consumer()) waiting.push_back(n);
+    std::sort(waiting.begin(), waiting.end(), [](const NodePtr& a, const NodePtr& b) { return a->ino < b->ino; });
+    for (const auto& n : waiting)
+      if (sub->matches(path_locked(*n))) assign(*n, fx);
+  }
+  settle(std::move(fx));
+  return sub;
+}
+
+void Volume::unsubscribe(const Subscription* sub) {
+  std::lock_guard lk(tree_mu_);
+  std::erase_if(subs_, [sub](const std::shared_ptr<Subscription>& s) { return s.get() == sub; });
+}
+
+void Volume::push_finished(std::uint64_t id, const std::shared_ptr<Stream>& s) {
+  Effects fx;
+  {
+    std::lock_guard lk(tree_mu_);
+    NodePtr n = find(id);
+    if (n && n->linked && n->stream == s) {
+      if (NodePtr p = find(n->parent)) detach(*p, *n, fx);
+    }
+  }
+  s->detach_push(fx);
+  settle(std::move(fx));
+}
+
+void Volume::push_lost(std::uint64_t id, const std::shared_ptr<Stream>& s) {
+  Effects fx;
+  s->detach_push(fx);
+  {
+    std::lock_guard lk(tree_mu_);
+    NodePtr n = find(id);
+    if (n && n->linked && n->stream == s) assign(*n, fx);
+  }
+  settle(std::move(fx));
+}
 
 Status Volume::check_name(std::string_view name) {
   if (name.empty() || name == "." || name == ".." || name.find('/') != std::string_view::npos)
@@ -81,6 +181,9 @@ Volume::NodePtr Volume::add_node(Node& parent, std::string_view name, Kind kind,
     n->stream = std::make_shared<Stream>(budget_, parking_, limits_.max_stream,
                                          fresh_meta(mode, who));
   }
+  n->creator_pid = who.pid;
+  n->creator_uid = who.uid;
+  n->created = now();
   parent.children.emplace(n->name, n->ino);
   parent.meta.mtime = parent.meta.ctime = now();
   nodes_.emplace(n->ino, n);
@@ -173,7 +276,7 @@ Result<Attr> Volume::mknod(Ino parent, std::string_view name, std::uint32_t mode
   if ((*d)->children.contains(name)) return Errno{EEXIST};
   NodePtr n = add_node(**d, name, Kind::Stream, mode, who);
   ++n->nlookup;
-  return attr_of(*n);
+  return attr_of(*n);  // offered to subscribers once a writer opens it
 }
 
 Status Volume::unlink(Ino parent, std::string_view name) {
@@ -263,6 +366,7 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
       src.name = std::string(newname);
       src.parent = dp.ino;
       dp.children.emplace(src.name, src.ino);
+      if (src.stream && !src.stream->has_consumer()) assign(src, fx);
     }
     sp.meta.mtime = sp.meta.ctime = dp.meta.mtime = dp.meta.ctime = now();
   }
@@ -316,6 +420,7 @@ Result<Volume::Created> Volume::create(Ino parent, std::string_view name, std::u
       }
     } else {
       n = add_node(**d, name, Kind::Stream, mode, who);
+      if (role_of(flags) == Role::Writer) assign(*n, fx);
     }
     auto h = std::make_unique<Handle>();
     h->ino = n->ino;
@@ -356,6 +461,7 @@ Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags) {
     h->shift = *st;
   } else {
     n->stream->add_writer();
+    if (!n->stream->has_consumer()) assign(*n, fx);
   }
   lk.unlock();
   settle(std::move(fx));
@@ -383,6 +489,11 @@ void Volume::release(std::unique_ptr<Handle> h) {
     if (n && n->linked && n->stream == h->stream && n->stream->delivered()) {
       if (NodePtr p = find(n->parent)) detach(*p, *n, fx);
     }
+  } else if (h->role == Role::Reader) {
+    // A reader that left early: a subscriber may take the rest.
+    std::lock_guard lk(tree_mu_);
+    NodePtr n = find(h->ino);
+    if (n && n->linked && n->stream == h->stream && !n->stream->has_consumer()) assign(*n, fx);
   }
   h.reset();
   settle(std::move(fx));

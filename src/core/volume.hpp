@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "core/budget.hpp"
+#include "core/delivery.hpp"
 #include "core/stream.hpp"
 #include "core/types.hpp"
 
@@ -104,6 +105,21 @@ class Volume {
   /// \brief Ends every parked operation with `err`. Used at unmount.
   void fail_parked(int err);
 
+  // ---- Push consumers (delivery.hpp).
+  /// \brief Hands every stream whose path passes `filter`, existing and
+  /// future, that has no consumer yet, to `sink`. Several subscriptions
+  /// whose filters overlap share the streams (round-robin). Call close() on
+  /// the result to stop.
+  std::shared_ptr<Subscription> subscribe(PathFilter filter, std::shared_ptr<Sink> sink,
+                                          SubscriptionOptions opt = {});
+  /// \brief Path of a node relative to the mount ("" for the root).
+  std::string path_of(Ino ino);
+
+  // Called by Subscription.
+  void unsubscribe(const Subscription* sub);
+  void push_finished(std::uint64_t id, const std::shared_ptr<Stream>& s);
+  void push_lost(std::uint64_t id, const std::shared_ptr<Stream>& s);
+
   std::size_t memory_used() const { return budget_.used(); }
   std::size_t memory_peak() const { return budget_.peak(); }
 
@@ -119,6 +135,9 @@ class Volume {
     std::map<std::string, Ino, std::less<>> children;  // directories only
     std::uint32_t subdirs = 0;                       // directories only
     std::shared_ptr<Stream> stream;                  // streams only
+    std::int32_t creator_pid = 0;                    // streams only
+    std::uint32_t creator_uid = 0;
+    timespec created{};
   };
   using NodePtr = std::shared_ptr<Node>;
 
@@ -131,6 +150,9 @@ class Volume {
   void detach(Node& parent, Node& n, Effects& fx);
   void maybe_drop(const Node& n);
   static Status check_name(std::string_view name);
+  std::string path_locked(const Node& n) const;
+  // Offers an unconsumed stream to the subscriptions (round-robin).
+  void assign(Node& n, Effects& fx);
 
   const Limits limits_;
   Budget budget_;
@@ -139,6 +161,8 @@ class Volume {
   mutable std::mutex tree_mu_;  // see lock order at the top of this file
   std::unordered_map<Ino, NodePtr> nodes_;
   Ino next_ino_ = kRootIno + 1;
+  std::vector<std::shared_ptr<Subscription>> subs_;  // guarded by tree_mu_
+  std::size_t next_sub_ = 0;                          // round-robin cursor
 };
 
 }  // namespace capturefs::core

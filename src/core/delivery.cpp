@@ -1,0 +1,189 @@
+#include "core/delivery.hpp"
+
+#include <fnmatch.h>
+
+#include <algorithm>
+#include <exception>
+
+#include "core/log.hpp"
+#include "core/volume.hpp"
+
+namespace capturefs::core {
+
+PathFilter glob_filter(std::vector<std::string> globs) {
+  if (globs.empty()) return [](std::string_view) { return true; };
+  return [globs = std::move(globs)](std::string_view path) {
+    const std::string p(path);
+    for (const auto& g : globs)
+      if (fnmatch(g.c_str(), p.c_str(), 0) == 0) return true;
+    return false;
+  };
+}
+
+Subscription::Subscription(Volume& vol, PathFilter filter, std::shared_ptr<Sink> sink,
+                           SubscriptionOptions opt)
+    : vol_(vol), filter_(std::move(filter)), sink_(std::move(sink)), opt_(opt) {}
+
+Subscription::~Subscription() {
+  // close() must have run (Volume::subscribe's owner calls it); stop the
+  // threads regardless so none outlives the object.
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+}
+
+void Subscription::start() {
+  for (unsigned i = 0; i < std::max(1U, opt_.threads); ++i) threads_.emplace_back([this] { run(); });
+}
+
+void Subscription::adopt(const std::shared_ptr<Stream>& s, const StreamInfo& info) {
+  std::lock_guard lk(mu_);
+  Active& a = active_[info.id];
+  a.stream = s;
+  a.info = info;
+  if (!a.queued) {
+    a.queued = true;
+    ready_.push_back(info.id);
+  }
+  cv_.notify_one();
+}
+
+void Subscription::wake(std::uint64_t id) {
+  std::lock_guard lk(mu_);
+  auto it = active_.find(id);
+  if (it == active_.end() || it->second.queued) return;
+  it->second.queued = true;
+  ready_.push_back(id);
+  cv_.notify_one();
+}
+
+std::vector<std::uint64_t> Subscription::active_ids() {
+  std::lock_guard lk(mu_);
+  std::vector<std::uint64_t> ids;
+  for (const auto& [id, a] : active_) ids.push_back(id);
+  return ids;
+}
+
+void Subscription::run() {
+  std::unique_lock lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stopping_ || !ready_.empty(); });
+    if (stopping_) return;
+    const std::uint64_t id = ready_.front();
+    ready_.pop_front();
+    auto it = active_.find(id);
+    if (it == active_.end()) continue;
+    Active& a = it->second;
+    a.queued = false;
+    if (a.busy) {
+      a.again = true;
+      continue;
+    }
+    a.busy = true;
+    const std::shared_ptr<Stream> s = a.stream;
+    const bool opened = a.opened;
+    const StreamInfo info = a.info;
+    a.opened = true;
+    lk.unlock();
+    bool more = false;
+    deliver(id, s, opened, info, &more);
+    lk.lock();
+    it = active_.find(id);
+    if (it == active_.end()) continue;  // finished
+    it->second.busy = false;
+    if ((it->second.again || more) && !it->second.queued) {
+      it->second.queued = true;
+      ready_.push_back(id);
+      cv_.notify_one();
+    }
+    it->second.again = false;
+  }
+}
+
+void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, bool opened,
+                           const StreamInfo& info, bool* more) {
+  // A sink that throws is reported, and its stream continues: the bytes were
+  // handed over, and the sink decides what a failure means to it.
+  auto guarded = [&](const char* what, auto&& call) {
+    try {
+      call();
+    } catch (const std::exception& e) {
+      log::error("consumer {} for '{}' failed: {}", what, info.path, e.what());
+    }
+  };
+  if (!opened) guarded("open", [&] { sink_->on_open(info); });
+  // Serve a bounded number of chunks, then let other streams have a turn.
+  for (int i = 0; i < 16; ++i) {
+    Pull p = s->pull(opt_.chunk);
+    if (p.kind == Pull::Kind::Nothing) return;
+    if (p.kind == Pull::Kind::Closed) {
+      guarded("close", [&] { sink_->on_close(id, p.end); });
+      if (p.finished) finish(id, s);
+      return;
+    }
+    guarded("data", [&] { sink_->on_data(id, p.offset, p.bytes); });
+    if (opt_.auto_ack) {
+      Effects fx;
+      const bool done = s->ack(p.offset + p.bytes.size(), fx);
+      settle(std::move(fx));
+      if (done) {
+        finish(id, s);
+        return;
+      }
+    }
+  }
+  *more = true;
+}
+
+void Subscription::ack(std::uint64_t id, std::uint64_t upto) {
+  std::shared_ptr<Stream> s;
+  {
+    std::lock_guard lk(mu_);
+    auto it = active_.find(id);
+    if (it == active_.end()) return;
+    s = it->second.stream;
+  }
+  Effects fx;
+  const bool done = s->ack(upto, fx);
+  settle(std::move(fx));
+  if (done) finish(id, s);
+}
+
+void Subscription::finish(std::uint64_t id, const std::shared_ptr<Stream>& s) {
+  {
+    std::lock_guard lk(mu_);
+    auto it = active_.find(id);
+    if (it == active_.end() || it->second.stream != s) return;
+    active_.erase(it);
+  }
+  vol_.push_finished(id, s);
+}
+
+void Subscription::close() {
+  {
+    std::lock_guard lk(mu_);
+    if (closed_) return;
+    closed_ = true;
+  }
+  vol_.unsubscribe(this);  // no new streams from here on
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+  std::unordered_map<std::uint64_t, Active> left;
+  {
+    std::lock_guard lk(mu_);
+    left.swap(active_);
+    ready_.clear();
+  }
+  for (auto& [id, a] : left) vol_.push_lost(id, a.stream);
+}
+
+}  // namespace capturefs::core

@@ -1,0 +1,103 @@
+// Push delivery: a Subscription hands matching streams to a Sink.
+//
+// CONCURRENCY MODEL
+// A subscription owns a few delivery threads. A stream that has something
+// to deliver wakes the subscription (PushTarget::wake, cheap, never
+// blocking); a delivery thread then pulls chunks from the stream and calls
+// the sink with no lock held. One stream is served by at most one thread at
+// a time, so its calls are ordered; a slow sink call therefore delays only
+// that stream (and, through the memory limits, its writers), while the other
+// threads keep the other streams flowing. FUSE worker threads never call a
+// sink.
+//
+// Lock order: Volume::tree_mu_ -> Subscription::mu_ (adopt under the tree
+// lock); mu_ is otherwise a leaf: never held while calling a stream, the
+// volume or the sink.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "core/sink.hpp"
+#include "core/stream.hpp"
+
+namespace capturefs::core {
+
+class Volume;
+
+/// \brief Which paths (relative to the mount) a subscription takes.
+using PathFilter = std::function<bool(std::string_view path)>;
+
+/// \brief A filter from shell globs: a path matches if any glob matches it
+/// (fnmatch(3) without FNM_PATHNAME: `*` also matches `/`). No globs: all.
+PathFilter glob_filter(std::vector<std::string> globs);
+
+struct SubscriptionOptions {
+  unsigned threads = 2;                ///< delivery threads
+  std::size_t chunk = 256 * 1024;      ///< largest on_data call
+  std::size_t window = 4 * 1024 * 1024;  ///< unacknowledged bytes per stream
+  bool auto_ack = true;  ///< acknowledge when on_data returns; else call ack()
+};
+
+class Subscription : public PushTarget, public std::enable_shared_from_this<Subscription> {
+ public:
+  Subscription(Volume& vol, PathFilter filter, std::shared_ptr<Sink> sink, SubscriptionOptions opt);
+  ~Subscription() override;
+  Subscription(const Subscription&) = delete;
+  Subscription& operator=(const Subscription&) = delete;
+
+  /// \brief Acknowledges the bytes of stream `id` before `upto` (manual
+  /// acknowledgement). Any thread, including from inside a sink call.
+  void ack(std::uint64_t id, std::uint64_t upto);
+  /// \brief Stops delivery and unsubscribes. Streams not finished go to the
+  /// next matching consumer, from their first unacknowledged byte. Must not
+  /// be called from a sink call. Idempotent.
+  void close();
+
+  // ---- Used by Volume.
+  bool matches(std::string_view path) const { return filter_(path); }
+  std::size_t window() const { return opt_.window; }
+  void start();
+  void adopt(const std::shared_ptr<Stream>& s, const StreamInfo& info);
+  void wake(std::uint64_t id) override;
+  /// Streams handed to this subscription and not finished.
+  std::vector<std::uint64_t> active_ids();
+
+ private:
+  struct Active {
+    std::shared_ptr<Stream> stream;
+    StreamInfo info;
+    bool opened = false;
+    bool busy = false;    // a thread is delivering it
+    bool queued = false;  // in ready_
+    bool again = false;   // woken while busy
+  };
+  void run();
+  void deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, bool opened,
+               const StreamInfo& info, bool* more);
+  void finish(std::uint64_t id, const std::shared_ptr<Stream>& s);
+
+  Volume& vol_;
+  const PathFilter filter_;
+  const std::shared_ptr<Sink> sink_;
+  const SubscriptionOptions opt_;
+
+  std::mutex mu_;  // see lock order at the top of this file
+  std::condition_variable cv_;
+  std::unordered_map<std::uint64_t, Active> active_;
+  std::deque<std::uint64_t> ready_;
+  bool stopping_ = false;
+  bool closed_ = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace capturefs::core

@@ -1,0 +1,52 @@
+// Push consumers: a Sink takes whole streams and is handed their bytes.
+//
+// The read-through reader pulls bytes with read(2). Every other consumer
+// (a socket client, an in-process callback, a command per file) is pushed
+// to through this interface by a Subscription (delivery.hpp).
+#pragma once
+
+#include <cstdint>
+#include <ctime>
+#include <span>
+#include <string>
+
+namespace capturefs::core {
+
+/// \brief What a consumer learns when a stream is handed to it.
+struct StreamInfo {
+  std::uint64_t id = 0;            ///< unique for the life of the mount
+  std::string path;                ///< relative to the mount, no leading '/'
+  std::int32_t writer_pid = 0;     ///< the process that created it
+  std::uint32_t writer_uid = 0;
+  timespec created{};              ///< when it was created
+  std::uint64_t start_offset = 0;  ///< first byte this consumer will get (> 0
+                                   ///< when an earlier consumer went away)
+};
+
+/// \brief How a stream ended for its consumer.
+struct StreamEnd {
+  std::uint64_t total = 0;  ///< bytes written in all
+  bool complete = true;     ///< false: aborted, see reason
+  std::string reason;
+};
+
+/// \brief A consumer of whole streams.
+///
+/// Threading: calls for one stream come in order (open, data..., close) and
+/// never overlap; calls for different streams may run concurrently on the
+/// subscription's delivery threads. No core lock is held during a call, and
+/// a call may block (a slow consumer slows that stream's writers, nothing
+/// else). FUSE worker threads never call a Sink.
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  virtual void on_open(const StreamInfo& info) = 0;
+  /// Bytes at stream offset `offset`. They count against the memory limits
+  /// until acknowledged (automatically on return, unless the subscription
+  /// was made with manual acknowledgement).
+  virtual void on_data(std::uint64_t id, std::uint64_t offset, std::span<const std::byte> bytes) = 0;
+  virtual void on_rename(std::uint64_t /*id*/, const std::string& /*path*/) {}
+  virtual void on_close(std::uint64_t id, const StreamEnd& end) = 0;
+};
+
+}  // namespace capturefs::core

@@ -1,0 +1,246 @@
+// Push delivery through Subscription: ordering, sharing, hand-over after a
+// consumer is lost, late subscribers, backpressure and aborts.
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <thread>
+
+#include <future>
+
+#include "support.hpp"
+
+namespace capturefs::test {
+namespace {
+
+using core::PathFilter;
+using core::Sink;
+using core::StreamEnd;
+using core::StreamInfo;
+using core::SubscriptionOptions;
+using namespace std::chrono_literals;
+
+// Records everything a sink is told; waits are bounded failure guards.
+class Recorder : public Sink {
+ public:
+  struct Seen {
+    StreamInfo info;
+    std::string bytes;
+    std::uint64_t next = 0;  // expected next offset
+    bool closed = false;
+    StreamEnd end;
+    bool in_order = true;
+  };
+  std::chrono::milliseconds delay{0};
+
+  void on_open(const StreamInfo& info) override {
+    std::lock_guard lk(mu_);
+    Seen& s = seen_[info.id];
+    s.info = info;
+    s.next = info.start_offset;
+  }
+  void on_data(std::uint64_t id, std::uint64_t off, std::span<const std::byte> b) override {
+    if (delay.count() != 0) std::this_thread::sleep_for(delay);  // a deliberately slow consumer
+    std::lock_guard lk(mu_);
+    Seen& s = seen_[id];
+    if (off != s.next) s.in_order = false;
+    s.bytes += to_string(b);
+    s.next = off + b.size();
+  }
+  void on_close(std::uint64_t id, const StreamEnd& e) override {
+    std::lock_guard lk(mu_);
+    seen_[id].closed = true;
+    seen_[id].end = e;
+    ++closed_;
+    cv_.notify_all();
+  }
+  bool wait_closed(std::size_t n, std::chrono::seconds limit = 10s) {
+    std::unique_lock lk(mu_);
+    return cv_.wait_for(lk, limit, [&] { return closed_ >= n; });
+  }
+  std::map<std::uint64_t, Seen> seen() {
+    std::lock_guard lk(mu_);
+    return seen_;
+  }
+  std::size_t opened() {
+    std::lock_guard lk(mu_);
+    return seen_.size();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::uint64_t, Seen> seen_;
+  std::size_t closed_ = 0;
+};
+
+TEST(Delivery, MatchingStreamsArePushedInOrderAndTheirNamesGo) {
+  Volume v(Limits{});
+  auto rec = std::make_shared<Recorder>();
+  auto sub = v.subscribe(core::glob_filter({"*.log"}), rec);
+  auto w = writer(v, "a.log");
+  auto other = writer(v, "b.txt");
+  ASSERT_EQ(write_now(v, *w, 0, "hello ").value(), 6u);
+  ASSERT_EQ(write_now(v, *w, 6, "world").value(), 5u);
+  v.release(std::move(w));
+  ASSERT_TRUE(rec->wait_closed(1));
+  auto seen = rec->seen();
+  ASSERT_EQ(seen.size(), 1u);
+  const auto& s = seen.begin()->second;
+  EXPECT_EQ(s.info.path, "a.log");
+  EXPECT_EQ(s.bytes, "hello world");
+  EXPECT_TRUE(s.in_order);
+  EXPECT_TRUE(s.end.complete);
+  EXPECT_EQ(s.end.total, 11u);
+  EXPECT_FALSE(v.lookup(kRootIno, "a.log").ok());  // delivered: the name is gone
+  EXPECT_TRUE(v.lookup(kRootIno, "b.txt").ok());   // not ours: still there
+  v.release(std::move(other));
+  sub->close();
+  EXPECT_EQ(v.memory_used(), 0u);
+}
+
+TEST(Delivery, OverlappingSubscriptionsShareTheWork) {
+  Volume v(Limits{});
+  auto r1 = std::make_shared<Recorder>();
+  auto r2 = std::make_shared<Recorder>();
+  auto s1 = v.subscribe(core::glob_filter({"*"}), r1);
+  auto s2 = v.subscribe(core::glob_filter({"job*"}), r2);
+  constexpr int kN = 20;
+  for (int i = 0; i < kN; ++i) {
+    auto w = writer(v, "job" + std::to_string(i));
+    ASSERT_TRUE(write_now(v, *w, 0, "x" + std::to_string(i)).ok());
+    v.release(std::move(w));
+  }
+  ASSERT_TRUE(r1->wait_closed(r1->opened()));
+  ASSERT_TRUE(r2->wait_closed(r2->opened()));
+  EXPECT_EQ(r1->opened() + r2->opened(), static_cast<std::size_t>(kN));  // each stream once
+  EXPECT_GT(r1->opened(), 0u);
+  EXPECT_GT(r2->opened(), 0u);
+  s1->close();
+  s2->close();
+}
+
+TEST(Delivery, StreamsThatWaitedAreDeliveredToALateSubscriber) {
+  Volume v(Limits{});
+  for (int i = 0; i < 3; ++i) {
+    auto w = writer(v, "early" + std::to_string(i));
+    ASSERT_TRUE(write_now(v, *w, 0, std::string(100000, char('a' + i))).ok());
+    v.release(std::move(w));
+  }
+  auto rec = std::make_shared<Recorder>();
+  auto sub = v.subscribe(core::glob_filter({}), rec);
+  ASSERT_TRUE(rec->wait_closed(3));
+  for (const auto& [id, s] : rec->seen()) {
+    EXPECT_EQ(s.bytes.size(), 100000u) << s.info.path;
+    EXPECT_TRUE(s.end.complete);
+  }
+  sub->close();
+  EXPECT_TRUE(v.list(kRootIno)->empty());
+}
+
+// A consumer that acknowledged only part of a stream goes away: the next one
+// gets everything from the first unacknowledged byte, with that offset.
+TEST(Delivery, UnacknowledgedBytesGoToTheNextConsumer) {
+  Volume v(Limits{});
+  auto first = std::make_shared<Recorder>();
+  SubscriptionOptions manual;
+  manual.auto_ack = false;
+  manual.chunk = 1000;
+  auto s1 = v.subscribe(core::glob_filter({}), first, manual);
+  auto w = writer(v, "s");
+  std::string all;
+  for (int i = 0; i < 10; ++i) all += std::string(1000, char('0' + i));
+  ASSERT_TRUE(write_now(v, *w, 0, all).ok());
+  // Wait until the first consumer has seen some data, then ack 2500 bytes.
+  for (int spin = 0; spin < 1000 && first->seen().empty(); ++spin) std::this_thread::sleep_for(1ms);
+  const std::uint64_t id = ino_of(v, "s");
+  for (int spin = 0; spin < 1000 && first->seen()[id].bytes.size() < 3000; ++spin)
+    std::this_thread::sleep_for(1ms);
+  ASSERT_GE(first->seen()[id].bytes.size(), 3000u);
+  s1->ack(id, 2500);
+  s1->close();  // lost before finishing
+  auto second = std::make_shared<Recorder>();
+  auto s2 = v.subscribe(core::glob_filter({}), second);
+  v.release(std::move(w));
+  ASSERT_TRUE(second->wait_closed(1));
+  const auto s = second->seen()[id];
+  EXPECT_EQ(s.info.start_offset, 2500u);
+  EXPECT_EQ(s.bytes, all.substr(2500));
+  EXPECT_TRUE(s.in_order);
+  EXPECT_EQ(s.end.total, all.size());
+  s2->close();
+  EXPECT_EQ(v.memory_used(), 0u);
+}
+
+// A slow consumer slows its writer through the memory limits; nothing is
+// lost, memory stays under the cap, and another stream keeps flowing.
+TEST(Delivery, SlowConsumerAppliesBackpressureWithoutStallingOthers) {
+  Volume v(Limits{2 * MiB, 2 * MiB});
+  auto slow = std::make_shared<Recorder>();
+  slow->delay = 1ms;
+  SubscriptionOptions opt;
+  opt.chunk = 64 * KiB;
+  auto s_slow = v.subscribe(core::glob_filter({"slow*"}), slow, opt);
+  auto fast = std::make_shared<Recorder>();
+  auto s_fast = v.subscribe(core::glob_filter({"fast*"}), fast);
+
+  // The slow writer pushes 8 MiB (4x the cap) through blocking writes.
+  std::thread slow_writer([&] {
+    auto w = writer(v, "slow");
+    std::uint64_t off = 0;
+    while (off < 8 * MiB) {
+      const auto chunk = pattern_bytes(1, off, 128 * KiB);
+      std::promise<Result<std::size_t>> p;
+      auto f = p.get_future();
+      auto out = v.write(*w, off, chunk, 0, [&p](Result<std::size_t> r) { p.set_value(r); });
+      Result<std::size_t> r = is_parked(out) ? f.get() : std::get<0>(out);
+      ASSERT_TRUE(r.ok());
+      off += r.value();
+      EXPECT_LE(v.memory_used(), 2 * MiB);
+    }
+    v.release(std::move(w));
+  });
+  // Meanwhile small streams go through the fast subscription.
+  for (int i = 0; i < 20; ++i) {
+    auto w = writer(v, "fast" + std::to_string(i));
+    ASSERT_TRUE(write_now(v, *w, 0, "ok").ok());
+    v.release(std::move(w));
+  }
+  EXPECT_TRUE(fast->wait_closed(20, 20s));
+  slow_writer.join();
+  ASSERT_TRUE(slow->wait_closed(1, 60s));
+  const auto s = slow->seen().begin()->second;
+  ASSERT_EQ(s.bytes.size(), 8 * MiB);
+  EXPECT_EQ(first_mismatch(1, 0, s.bytes), std::string_view::npos);
+  EXPECT_LE(v.memory_peak(), 2 * MiB);
+  s_slow->close();
+  s_fast->close();
+}
+
+TEST(Delivery, UnlinkDuringDeliveryAbortsWithAReason) {
+  Volume v(Limits{});
+  auto rec = std::make_shared<Recorder>();
+  auto sub = v.subscribe(core::glob_filter({}), rec);
+  auto w = writer(v, "doomed");
+  ASSERT_TRUE(write_now(v, *w, 0, "partial").ok());
+  ASSERT_TRUE(v.unlink(kRootIno, "doomed").ok());
+  ASSERT_TRUE(rec->wait_closed(1));
+  const auto s = rec->seen().begin()->second;
+  EXPECT_FALSE(s.end.complete);
+  EXPECT_NE(s.end.reason.find("unlinked"), std::string::npos);
+  EXPECT_TRUE(write_now(v, *w, 7, "more").ok());  // accepted and discarded
+  v.release(std::move(w));
+  sub->close();
+  EXPECT_EQ(v.memory_used(), 0u);
+}
+
+TEST(Delivery, GlobStarMatchesAcrossDirectories) {
+  auto f = core::glob_filter({"*.tbl", "exact/name"});
+  EXPECT_TRUE(f("hits.tbl"));
+  EXPECT_TRUE(f("run1/hits.tbl"));
+  EXPECT_TRUE(f("exact/name"));
+  EXPECT_FALSE(f("hits.tbl.tmp"));
+  EXPECT_TRUE(core::glob_filter({})("anything"));
+}
+
+}  // namespace
+}  // namespace capturefs::test
