@@ -10,7 +10,7 @@ packages=(
   # libraries
   libfuse3-dev libcli11-dev libfmt-dev
   # tests and sanitizers
-  libgtest-dev libclang-rt-14-dev python3
+  libgtest-dev libclang-rt-14-dev python3 libbenchmark-dev
   # run time: fusermount3 and /etc/fuse.conf
   fuse3
 )

@@ -20,8 +20,20 @@ using core::SubscriptionOptions;
 using namespace std::chrono_literals;
 
 // Records everything a sink is told; waits are bounded failure guards.
+// Counts closes across several recorders.
+struct Tally {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::size_t closed = 0;
+  bool wait(std::size_t n, std::chrono::seconds limit = 10s) {
+    std::unique_lock lk(mu);
+    return cv.wait_for(lk, limit, [&] { return closed >= n; });
+  }
+};
+
 class Recorder : public Sink {
  public:
+  std::shared_ptr<Tally> tally;
   struct Seen {
     StreamInfo info;
     std::string bytes;
@@ -45,6 +57,18 @@ class Recorder : public Sink {
     if (off != s.next) s.in_order = false;
     s.bytes += to_string(b);
     s.next = off + b.size();
+    cv_.notify_all();
+  }
+  // Waits until any stream has received at least n bytes; returns its id.
+  std::uint64_t wait_bytes(std::size_t n, std::chrono::seconds limit = 10s) {
+    std::unique_lock lk(mu_);
+    std::uint64_t id = 0;
+    cv_.wait_for(lk, limit, [&] {
+      for (const auto& [k, v] : seen_)
+        if (v.bytes.size() >= n) return (id = k) != 0;
+      return false;
+    });
+    return id;
   }
   void on_close(std::uint64_t id, const StreamEnd& e) override {
     std::lock_guard lk(mu_);
@@ -52,6 +76,11 @@ class Recorder : public Sink {
     seen_[id].end = e;
     ++closed_;
     cv_.notify_all();
+    if (tally) {
+      std::lock_guard tl(tally->mu);
+      ++tally->closed;
+      tally->cv.notify_all();
+    }
   }
   bool wait_closed(std::size_t n, std::chrono::seconds limit = 10s) {
     std::unique_lock lk(mu_);
@@ -100,8 +129,10 @@ TEST(Delivery, MatchingStreamsArePushedInOrderAndTheirNamesGo) {
 
 TEST(Delivery, OverlappingSubscriptionsShareTheWork) {
   Volume v(Limits{});
+  auto tally = std::make_shared<Tally>();
   auto r1 = std::make_shared<Recorder>();
   auto r2 = std::make_shared<Recorder>();
+  r1->tally = r2->tally = tally;
   auto s1 = v.subscribe(core::glob_filter({"*"}), r1);
   auto s2 = v.subscribe(core::glob_filter({"job*"}), r2);
   constexpr int kN = 20;
@@ -110,8 +141,7 @@ TEST(Delivery, OverlappingSubscriptionsShareTheWork) {
     ASSERT_TRUE(write_now(v, *w, 0, "x" + std::to_string(i)).ok());
     v.release(std::move(w));
   }
-  ASSERT_TRUE(r1->wait_closed(r1->opened()));
-  ASSERT_TRUE(r2->wait_closed(r2->opened()));
+  ASSERT_TRUE(tally->wait(kN));
   EXPECT_EQ(r1->opened() + r2->opened(), static_cast<std::size_t>(kN));  // each stream once
   EXPECT_GT(r1->opened(), 0u);
   EXPECT_GT(r2->opened(), 0u);
@@ -150,12 +180,9 @@ TEST(Delivery, UnacknowledgedBytesGoToTheNextConsumer) {
   std::string all;
   for (int i = 0; i < 10; ++i) all += std::string(1000, char('0' + i));
   ASSERT_TRUE(write_now(v, *w, 0, all).ok());
-  // Wait until the first consumer has seen some data, then ack 2500 bytes.
-  for (int spin = 0; spin < 1000 && first->seen().empty(); ++spin) std::this_thread::sleep_for(1ms);
+  // Once the first consumer has seen 3000 bytes, it acknowledges 2500.
   const std::uint64_t id = ino_of(v, "s");
-  for (int spin = 0; spin < 1000 && first->seen()[id].bytes.size() < 3000; ++spin)
-    std::this_thread::sleep_for(1ms);
-  ASSERT_GE(first->seen()[id].bytes.size(), 3000u);
+  ASSERT_EQ(first->wait_bytes(3000), id);
   s1->ack(id, 2500);
   s1->close();  // lost before finishing
   auto second = std::make_shared<Recorder>();
