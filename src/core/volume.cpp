@@ -420,7 +420,6 @@ Result<Volume::Created> Volume::create(Ino parent, std::string_view name, std::u
       }
     } else {
       n = add_node(**d, name, Kind::Stream, mode, who);
-      if (role_of(flags) == Role::Writer) assign(*n, fx);
     }
     auto h = std::make_unique<Handle>();
     h->ino = n->ino;
@@ -432,7 +431,8 @@ Result<Volume::Created> Volume::create(Ino parent, std::string_view name, std::u
       if (!st) return Errno{st.error()};
       h->shift = *st;
     } else {
-      n->stream->add_writer();
+      n->stream->add_writer();  // before assign(): a writerless stream reads as ended
+      if (!n->stream->has_consumer()) assign(*n, fx);
     }
     ++n->nlookup;
     out = Created{attr_of(*n), std::move(h)};
