@@ -11,11 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "cli/preflight.hpp"
+#include "capturefs/capturefs.hpp"
 #include "core/log.hpp"
 #include "core/size.hpp"
-#include "core/volume.hpp"
-#include "fuse/session.hpp"
+#include "lib/preflight.hpp"
 
 extern char** environ;
 
@@ -75,64 +74,52 @@ int run_mount(const MountArgs& a) {
   else if (a.verbose) log::set_level(log::Level::Info);
   else log::set_level(log::Level::Warn);
 
-  core::Limits limits;
-  limits.max_memory = size_or_throw("--max-memory", a.max_memory);
-  limits.max_stream = size_or_throw("--max-stream", a.max_stream);
-  constexpr std::uint64_t kMinLimit = 2ULL << 20;  // two maximal FUSE writes
-  if (limits.max_memory < kMinLimit || limits.max_stream < kMinLimit) {
-    log::error("--max-memory and --max-stream must be at least 2M");
-    return 2;
-  }
-  if (limits.max_stream > limits.max_memory) limits.max_stream = limits.max_memory;
-
-  std::string error;
-  auto abs = check_mountpoint(a.mountpoint, &error);
-  if (!abs) {
-    log::error("{}", error);
-    return 1;
-  }
-
-  std::vector<std::string> opts;
+  Options opt;
+  opt.mountpoint = a.mountpoint;
+  opt.max_memory = size_or_throw("--max-memory", a.max_memory);
+  opt.max_stream = size_or_throw("--max-stream", a.max_stream);
+  opt.debug = a.debug;
+  opt.fuse_threads = a.threads;
   for (const auto& o : a.options) {
     std::size_t start = 0;
-    while (start <= o.size()) {
+    for (;;) {
       const std::size_t comma = o.find(',', start);
       std::string one = o.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-      if (!one.empty()) opts.push_back(one);
+      if (!one.empty()) opt.fuse_options.push_back(one);
       if (comma == std::string::npos) break;
       start = comma + 1;
     }
   }
-
-  core::Volume vol(limits);
-  fuse::SessionOptions so;
-  so.mountpoint = *abs;
-  so.debug = a.debug;
-  so.options = opts;
-  so.max_threads = a.threads;
-  auto session = fuse::Session::mount(vol, so, &error);
-  if (!session) {
-    log::error("{}", error);
+  if (opt.max_memory < (2ULL << 20) || opt.max_stream < (2ULL << 20)) {
+    log::error("--max-memory and --max-stream must be at least 2M");
+    return 2;
+  }
+  std::unique_ptr<Mount> m;
+  try {
+    m = std::make_unique<Mount>(opt, /*serve_now=*/false);
+  } catch (const std::system_error& e) {
+    log::error("{}", e.what());
     return 1;
   }
-  if (!a.foreground && !a.debug) session->daemonize();
-  log::info("mounted {} (max-memory {}, max-stream {})", *abs, core::format_size(limits.max_memory),
-            core::format_size(limits.max_stream));
+  if (!a.foreground && !a.debug) m->daemonize();
+  log::info("mounted {} (max-memory {}, max-stream {})", m->mountpoint(),
+            core::format_size(opt.max_memory), core::format_size(std::min(opt.max_stream, opt.max_memory)));
   if (a.ready_fd >= 0) {
     static constexpr char kReady[] = "ready\n";
     (void)!::write(a.ready_fd, kReady, sizeof kReady - 1);
     ::close(a.ready_fd);
   }
-  const int rc = session->serve();
-  session.reset();  // answers parked requests, unmounts
-  log::info("unmounted {}", *abs);
+  const int rc = m->serve();
+  const std::string mp = m->mountpoint();
+  m.reset();  // answers parked requests, unmounts
+  log::info("unmounted {}", mp);
   return rc == 0 ? 0 : 1;
 }
 
 int run_umount(const std::string& mountpoint, bool lazy) {
   std::string abs = mountpoint;
   if (char real[PATH_MAX]; realpath(mountpoint.c_str(), real) != nullptr) abs = real;
-  const auto fs = mounted_fstype(abs);
+  const auto fs = detail::mounted_fstype(abs);
   if (!fs) {
     log::error("{} is not mounted", mountpoint);
     return 1;

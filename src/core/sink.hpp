@@ -7,10 +7,13 @@
 
 #include <cstdint>
 #include <ctime>
+#include <memory>
 #include <span>
 #include <string>
 
 namespace capturefs::core {
+
+class Subscription;
 
 /// \brief What a consumer learns when a stream is handed to it.
 struct StreamInfo {
@@ -40,6 +43,9 @@ struct StreamEnd {
 class Sink {
  public:
   virtual ~Sink() = default;
+  /// Called once, before any stream is handed over, with the subscription
+  /// (for Subscription::ack). Keep a weak reference only.
+  virtual void on_subscribed(const std::shared_ptr<Subscription>& /*sub*/) {}
   virtual void on_open(const StreamInfo& info) = 0;
   /// Bytes at stream offset `offset`. They count against the memory limits
   /// until acknowledged (automatically on return, unless the subscription

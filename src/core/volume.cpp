@@ -83,7 +83,8 @@ void Volume::assign(Node& n, Effects& fx) {
 
 std::shared_ptr<Subscription> Volume::subscribe(PathFilter filter, std::shared_ptr<Sink> sink,
                                                 SubscriptionOptions opt) {
-  auto sub = std::make_shared<Subscription>(*this, std::move(filter), std::move(sink), opt);
+  auto sub = std::make_shared<Subscription>(*this, std::move(filter), sink, opt);
+  sink->on_subscribed(sub);
   sub->start();
   Effects fx;
   {

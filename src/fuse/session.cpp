@@ -2,8 +2,11 @@
 
 #include <fuse_lowlevel.h>
 
+#include <sys/stat.h>
+
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 #include "core/log.hpp"
 #include "fuse/adapter.hpp"
@@ -18,6 +21,7 @@ struct Session::Impl {
   fuse_session* se = nullptr;
   bool mounted = false;
   bool signals = false;
+  std::thread waker;  // see stop()
 
   explicit Impl(core::Volume& v) : vol(v), adapter(v) {}
   ~Impl() {
@@ -29,6 +33,7 @@ struct Session::Impl {
     if (mounted) fuse_session_unmount(se);
     if (signals) fuse_remove_signal_handlers(se);
     fuse_session_destroy(se);
+    if (waker.joinable()) waker.join();
   }
 };
 
@@ -57,11 +62,13 @@ std::unique_ptr<Session> Session::mount(core::Volume& vol, const SessionOptions&
     *error = "cannot start a FUSE session with options '" + o + "' (see the message above)";
     return nullptr;
   }
-  if (fuse_set_signal_handlers(impl->se) != 0) {
-    *error = "cannot install signal handlers";
-    return nullptr;
+  if (opt.handle_signals) {
+    if (fuse_set_signal_handlers(impl->se) != 0) {
+      *error = "cannot install signal handlers";
+      return nullptr;
+    }
+    impl->signals = true;
   }
-  impl->signals = true;
   if (fuse_session_mount(impl->se, impl->mountpoint.c_str()) != 0) {
     *error = "mounting " + impl->mountpoint + " failed (see the message above)";
     return nullptr;
@@ -71,6 +78,18 @@ std::unique_ptr<Session> Session::mount(core::Volume& vol, const SessionOptions&
 }
 
 void Session::daemonize() { fuse_daemonize(0); }
+
+void Session::stop() {
+  fuse_session_exit(impl_->se);
+  // Workers notice the exit flag only once a request arrives, so send one:
+  // a stat of the root (attribute timeout 0). libfuse drops that request
+  // unanswered once exited, so the stat returns only when the connection
+  // closes (in ~Impl): it runs on its own thread, joined there.
+  impl_->waker = std::thread([mp = impl_->mountpoint] {
+    struct stat st{};
+    (void)::stat(mp.c_str(), &st);
+  });
+}
 
 int Session::serve() {
   fuse_loop_config* cfg = fuse_loop_cfg_create();

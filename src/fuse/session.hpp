@@ -17,6 +17,9 @@ struct SessionOptions {
   bool debug = false;                 ///< libfuse request tracing
   std::vector<std::string> options;   ///< -o options, each "name[=value]"
   unsigned max_threads = 16;
+  /// Install SIGINT/SIGTERM/SIGHUP handlers that end serve() (the CLI); an
+  /// embedding program keeps its own handlers and calls stop().
+  bool handle_signals = true;
 };
 
 class Session {
@@ -35,6 +38,9 @@ class Session {
   /// \brief Serves requests until SIGINT/SIGTERM/SIGHUP or an external
   /// unmount. Returns 0 on such a clean end, else a negative errno.
   int serve();
+  /// \brief Makes a running serve() return soon. Any thread but a FUSE
+  /// worker. Then destroy the session, which unmounts.
+  void stop();
 
  private:
   struct Impl;

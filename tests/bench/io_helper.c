@@ -16,7 +16,8 @@
  *       PAIRS writer/reader pairs run at once; TOTAL bytes are split evenly
  *       between them; writes are exactly SIZE bytes, reads ask for RBUF.
  *       Files are created and opened before the clock starts; the clock stops
- *       when every reader has seen EOF and every process has exited.
+ *       when every reader has seen EOF and every process has exited. Also
+ *       reports the number of read() calls (reads, EOF included).
  *
  *   io_helper churn KIND DIR N
  *       N times, in one process: create, write 100 B, close, then consume.
@@ -140,8 +141,17 @@ static void raise_nofile(rlim_t need) {
   }
 }
 
+/* Buffers come from plain malloc(), as in most tools: a large one starts 16
+ * bytes past a page boundary, so a 1 MiB write spans 257 pages. Set
+ * IO_HELPER_ALIGN=1 to page-align them instead (for comparison). */
 static void *xmalloc(size_t n) {
-  void *p = malloc(n == 0 ? 1 : n);
+  void *p = NULL;
+  const char *align = getenv("IO_HELPER_ALIGN");
+  if (align != NULL && strcmp(align, "1") == 0) {
+    if (posix_memalign(&p, 4096, n == 0 ? 1 : n) != 0) p = NULL;
+  } else {
+    p = malloc(n == 0 ? 1 : n);
+  }
   if (p == NULL) die("out of memory");
   memset(p, 0, n);  /* touch every page before any clock starts */
   return p;
@@ -292,9 +302,10 @@ static int mode_tput(int argc, char **argv) {
         fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) die("open %s for reading", path);
       }
-      uint64_t got = 0;
+      uint64_t got = 0, reads = 0;
       for (;;) {
         ssize_t r = read(fd, buf, rbuf);
+        ++reads;
         if (r < 0) {
           if (errno == EINTR) continue;
           die("read");
@@ -312,7 +323,8 @@ static int mode_tput(int argc, char **argv) {
         errno = 0;
         die("pair %d: read %llu bytes, expected %llu", i, (unsigned long long)got, (unsigned long long)per);
       }
-      write_all(result[1], &got, sizeof got);
+      uint64_t res[2] = {got, reads};
+      write_all(result[1], res, sizeof res); /* atomic: < PIPE_BUF */
       _exit(0);
     }
     pids[npids++] = pid;
@@ -346,15 +358,19 @@ static int mode_tput(int argc, char **argv) {
     errno = 0;
     die("a writer or reader failed");
   }
-  uint64_t sum = 0, got = 0;
-  while (read(result[0], &got, sizeof got) == (ssize_t)sizeof got) sum += got;
+  uint64_t sum = 0, reads = 0, res[2];
+  while (read(result[0], res, sizeof res) == (ssize_t)sizeof res) {
+    sum += res[0];
+    reads += res[1];
+  }
   if (sum != per * (uint64_t)pairs) {
     errno = 0;
     die("read %llu bytes in all, expected %llu", (unsigned long long)sum,
         (unsigned long long)(per * (uint64_t)pairs));
   }
-  printf("{\"bytes\": %llu, \"seconds\": %.9f, \"pairs\": %d, \"size\": %zu, \"rbuf\": %zu}\n",
-         (unsigned long long)sum, t1 - t0, pairs, size, rbuf);
+  printf("{\"bytes\": %llu, \"seconds\": %.9f, \"pairs\": %d, \"size\": %zu, \"rbuf\": %zu, "
+         "\"reads\": %llu}\n",
+         (unsigned long long)sum, t1 - t0, pairs, size, rbuf, (unsigned long long)reads);
   return 0;
 }
 
@@ -425,7 +441,7 @@ static int mode_churn(int argc, char **argv) {
       char tmpl[4096];
       snprintf(tmpl, sizeof tmpl, "%s/fifo-XXXXXX", dir);
       if (mkdtemp(tmpl) == NULL) die("mkdtemp");
-      snprintf(path, sizeof path, "%s/pipe", tmpl);
+      if (snprintf(path, sizeof path, "%.4000s/pipe", tmpl) >= (int)sizeof path) die("path too long");
       if (mkfifo(path, 0600) != 0) die("mkfifo");
       struct fifo_writer w = {path};
       pthread_t th;

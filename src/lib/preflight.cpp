@@ -1,4 +1,4 @@
-#include "cli/preflight.hpp"
+#include "lib/preflight.hpp"
 
 #include <dirent.h>
 #include <sys/stat.h>
@@ -11,7 +11,7 @@
 #include <fstream>
 #include <sstream>
 
-namespace capturefs::cli {
+namespace capturefs::detail {
 
 namespace {
 // mountinfo escapes space, tab, newline and backslash as \ooo.
@@ -116,4 +116,4 @@ std::optional<std::string> check_mountpoint(const std::string& path, std::string
   return abs;
 }
 
-}  // namespace capturefs::cli
+}  // namespace capturefs::detail

@@ -5,7 +5,7 @@
 #include <optional>
 #include <string>
 
-namespace capturefs::cli {
+namespace capturefs::detail {
 
 /// \brief Resolves `path` to an absolute mountpoint and checks it: it exists,
 /// is a directory, is empty, is not already mounted, and /dev/fuse is usable.
@@ -16,4 +16,4 @@ std::optional<std::string> check_mountpoint(const std::string& path, std::string
 /// /proc/self/mountinfo), or nullopt if nothing is mounted there.
 std::optional<std::string> mounted_fstype(const std::string& abs);
 
-}  // namespace capturefs::cli
+}  // namespace capturefs::detail

@@ -1,0 +1,168 @@
+// libcapturefs: mount a capture directory from your own program and receive
+// every file written into it as a stream of callbacks.
+//
+//   capturefs::Options opt;
+//   opt.mountpoint = "/tmp/cap";
+//   capturefs::Mount m(opt);                  // mounted and serving on return
+//   auto c = m.consume({"*.tbl"}, callbacks);  // streams matching *.tbl
+//   ...                                        // run tools writing into /tmp/cap
+//   // ~Consumer stops delivery, ~Mount unmounts
+//
+// THREADING
+// - Callbacks run on the consumer's delivery threads (ConsumeOptions::
+//   threads), never on FUSE worker threads and never with a capturefs lock
+//   held. Calls for one stream are ordered (open, data..., close) and never
+//   overlap; calls for different streams may run concurrently.
+// - A callback may block: that slows the writers of that stream only (once
+//   its unacknowledged bytes reach the memory limits), never lookups or other
+//   streams, as long as fewer streams block than there are delivery threads.
+// - From a callback you may call Ack, and Consumer/Mount methods other than
+//   ~Consumer, Consumer::close, ~Mount and Mount::unmount (those wait for the
+//   delivery threads and would deadlock).
+//
+// ERRORS
+// Constructors and methods throw std::system_error whose what() names the
+// path and the cause (missing or non-empty mountpoint, /dev/fuse missing,
+// mount refused). An exception thrown by a callback is logged to stderr and
+// the stream continues.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <ctime>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace capturefs {
+
+/// \brief How to mount.
+struct Options {
+  std::string mountpoint;                    ///< an existing, empty directory
+  std::uint64_t max_memory = 1ULL << 30;     ///< bytes buffered, all streams
+  std::uint64_t max_stream = 256ULL << 20;   ///< bytes buffered, one stream
+  std::vector<std::string> fuse_options;     ///< "-o" options, e.g. "allow_other"
+  unsigned fuse_threads = 16;                ///< FUSE worker threads
+  bool debug = false;                        ///< log every FUSE request
+};
+
+/// \brief A stream handed to a consumer.
+struct StreamOpen {
+  std::uint64_t id = 0;            ///< unique for the life of the mount
+  std::string path;                ///< relative to the mountpoint
+  pid_t writer_pid = 0;            ///< the process that created the file
+  uid_t writer_uid = 0;
+  timespec created{};
+  std::uint64_t start_offset = 0;  ///< > 0 if an earlier consumer took the start
+};
+
+/// \brief Bytes of a stream, at `offset`. Valid only during the callback.
+struct Chunk {
+  std::uint64_t id = 0;
+  std::uint64_t offset = 0;
+  std::span<const std::byte> bytes;
+};
+
+/// \brief The end of a stream.
+struct StreamClose {
+  std::uint64_t id = 0;
+  std::uint64_t total = 0;  ///< bytes written in all
+  bool complete = true;     ///< false: aborted (e.g. unlinked), see reason
+  std::string reason;
+};
+
+/// \brief Finishes an asynchronously handled chunk: until called, the
+/// chunk's bytes count against the memory limits (backpressure). Call once,
+/// from any thread; copyable, so it fits in std::function.
+class Ack {
+ public:
+  Ack() = default;
+  explicit Ack(std::function<void()> fn) : fn_(std::move(fn)) {}
+  void operator()() const;
+
+ private:
+  std::function<void()> fn_;
+};
+
+/// \brief What a consumer is told. Set on_data or on_data_async, not both.
+struct Callbacks {
+  std::function<void(const StreamOpen&)> on_open;
+  /// The chunk is done when this returns.
+  std::function<void(const Chunk&)> on_data;
+  /// The chunk is done when `ack` is called (possibly later, elsewhere).
+  std::function<void(const Chunk&, Ack ack)> on_data_async;
+  std::function<void(std::uint64_t id, const std::string& new_path)> on_rename;
+  std::function<void(const StreamClose&)> on_close;
+};
+
+/// \brief Which streams a consumer takes, and how it is fed.
+struct ConsumeOptions {
+  std::vector<std::string> globs;  ///< fnmatch(3) patterns on the relative path; `*` matches '/'
+  std::function<bool(std::string_view path)> filter;  ///< used instead of globs if set
+  unsigned threads = 2;            ///< delivery threads
+  std::size_t chunk = 256 * 1024;  ///< largest chunk
+};
+
+class Mount;
+
+/// \brief A registered consumer. Destroying it (or close()) stops delivery;
+/// streams not finished go to the next matching consumer or reader, from
+/// their first byte not yet done.
+class Consumer {
+ public:
+  Consumer() = default;
+  Consumer(Consumer&&) noexcept;
+  Consumer& operator=(Consumer&&) noexcept;
+  ~Consumer();
+  void close();
+
+ private:
+  friend class Mount;
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+/// \brief A mounted capture directory (RAII: the destructor unmounts).
+class Mount {
+ public:
+  /// \brief Mounts. Unless `serve_now` is false, requests are served at once
+  /// by background threads. Throws std::system_error naming the cause.
+  explicit Mount(const Options& opt, bool serve_now = true);
+  ~Mount();
+  Mount(const Mount&) = delete;
+  Mount& operator=(const Mount&) = delete;
+
+  /// \brief Takes the streams that match `opt` (existing unconsumed ones
+  /// and future ones). Several consumers with overlapping filters share the
+  /// streams; a reader opening the same path is another possible consumer.
+  Consumer consume(Callbacks cb, ConsumeOptions opt = {});
+
+  /// \brief The absolute mountpoint.
+  const std::string& mountpoint() const;
+  /// \brief Bytes currently buffered, and the peak so far.
+  std::size_t memory_used() const;
+  std::size_t memory_peak() const;
+
+  /// \brief Unmounts now (also done by the destructor). Writers still
+  /// waiting get EIO.
+  void unmount();
+
+  // ---- For a daemon (the capturefs CLI): mount with serve_now = false,
+  // optionally daemonize(), then serve() in the main thread.
+  /// \brief Forks into the background; returns in the child only.
+  void daemonize();
+  /// \brief Serves until SIGINT/SIGTERM/SIGHUP or an external unmount.
+  /// Returns 0 on such a clean end.
+  int serve();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace capturefs

@@ -1,0 +1,156 @@
+// libcapturefs: the Mount and Consumer facade over the core volume, the
+// FUSE session and push delivery. The capturefs CLI is built on it too.
+#include <cerrno>
+#include <mutex>
+#include <system_error>
+#include <thread>
+
+#include "capturefs/capturefs.hpp"
+#include "core/delivery.hpp"
+#include "core/volume.hpp"
+#include "fuse/session.hpp"
+#include "lib/preflight.hpp"
+
+namespace capturefs {
+
+void Ack::operator()() const {
+  if (fn_) fn_();
+}
+
+namespace {
+
+// Adapts the public callbacks to the core's Sink.
+class CallbackSink : public core::Sink {
+ public:
+  explicit CallbackSink(Callbacks cb) : cb_(std::move(cb)) {}
+
+  void on_subscribed(const std::shared_ptr<core::Subscription>& s) override { sub_ = s; }
+  void on_open(const core::StreamInfo& i) override {
+    if (!cb_.on_open) return;
+    StreamOpen o;
+    o.id = i.id;
+    o.path = i.path;
+    o.writer_pid = i.writer_pid;
+    o.writer_uid = i.writer_uid;
+    o.created = i.created;
+    o.start_offset = i.start_offset;
+    cb_.on_open(o);
+  }
+  void on_data(std::uint64_t id, std::uint64_t off, std::span<const std::byte> b) override {
+    const Chunk c{id, off, b};
+    if (cb_.on_data_async) {
+      const std::uint64_t upto = off + b.size();
+      cb_.on_data_async(c, Ack([w = sub_, id, upto] {
+        if (auto s = w.lock()) s->ack(id, upto);
+      }));
+    } else if (cb_.on_data) {
+      cb_.on_data(c);
+    }
+  }
+  void on_rename(std::uint64_t id, const std::string& path) override {
+    if (cb_.on_rename) cb_.on_rename(id, path);
+  }
+  void on_close(std::uint64_t id, const core::StreamEnd& e) override {
+    if (cb_.on_close) cb_.on_close(StreamClose{id, e.total, e.complete, e.reason});
+  }
+  bool async() const { return static_cast<bool>(cb_.on_data_async); }
+
+ private:
+  const Callbacks cb_;
+  std::weak_ptr<core::Subscription> sub_;
+};
+
+[[noreturn]] void fail(int err, const std::string& what) {
+  throw std::system_error(err, std::generic_category(), what);
+}
+
+}  // namespace
+
+// ---- Consumer -------------------------------------------------------------------
+
+struct Consumer::Impl {
+  std::shared_ptr<core::Subscription> sub;
+  ~Impl() {
+    if (sub) sub->close();
+  }
+};
+
+Consumer::Consumer(Consumer&&) noexcept = default;
+Consumer& Consumer::operator=(Consumer&&) noexcept = default;
+Consumer::~Consumer() = default;
+
+void Consumer::close() { impl_.reset(); }
+
+// ---- Mount ----------------------------------------------------------------------
+
+struct Mount::Impl {
+  // Declaration order is teardown order, reversed: consumers stop before
+  // the session unmounts, and the volume outlives both.
+  std::string mountpoint;
+  std::unique_ptr<core::Volume> vol;
+  std::unique_ptr<fuse::Session> session;
+  std::thread server;
+  std::mutex mu;  // guards `unmounted`; leaf
+  bool unmounted = false;
+
+  void stop() {
+    {
+      std::lock_guard lk(mu);
+      if (unmounted) return;
+      unmounted = true;
+    }
+    if (server.joinable()) {
+      session->stop();
+      server.join();
+    }
+    session.reset();  // answers parked requests, unmounts
+  }
+};
+
+Mount::Mount(const Options& opt, bool serve_now) : impl_(std::make_unique<Impl>()) {
+  std::string error;
+  auto abs = detail::check_mountpoint(opt.mountpoint, &error);
+  if (!abs) fail(EINVAL, error);
+  if (opt.max_stream < (2ULL << 20) || opt.max_memory < (2ULL << 20))
+    fail(EINVAL, "capturefs: max_memory and max_stream must be at least 2 MiB");
+  core::Limits limits;
+  limits.max_memory = opt.max_memory;
+  limits.max_stream = std::min(opt.max_stream, opt.max_memory);
+  impl_->mountpoint = *abs;
+  impl_->vol = std::make_unique<core::Volume>(limits);
+  fuse::SessionOptions so;
+  so.mountpoint = *abs;
+  so.debug = opt.debug;
+  so.options = opt.fuse_options;
+  so.max_threads = opt.fuse_threads;
+  so.handle_signals = !serve_now;  // a daemon serving in main() wants them
+  impl_->session = fuse::Session::mount(*impl_->vol, so, &error);
+  if (!impl_->session) fail(EIO, error);
+  if (serve_now) impl_->server = std::thread([s = impl_->session.get()] { s->serve(); });
+}
+
+Mount::~Mount() {
+  if (impl_) impl_->stop();
+}
+
+Consumer Mount::consume(Callbacks cb, ConsumeOptions opt) {
+  auto sink = std::make_shared<CallbackSink>(std::move(cb));
+  core::SubscriptionOptions so;
+  so.threads = opt.threads;
+  so.chunk = opt.chunk;
+  so.auto_ack = !sink->async();
+  core::PathFilter filter = opt.filter ? core::PathFilter(opt.filter) : core::glob_filter(opt.globs);
+  Consumer c;
+  c.impl_ = std::make_shared<Consumer::Impl>();
+  c.impl_->sub = impl_->vol->subscribe(std::move(filter), std::move(sink), so);
+  return c;
+}
+
+const std::string& Mount::mountpoint() const { return impl_->mountpoint; }
+std::size_t Mount::memory_used() const { return impl_->vol->memory_used(); }
+std::size_t Mount::memory_peak() const { return impl_->vol->memory_peak(); }
+void Mount::unmount() { impl_->stop(); }
+void Mount::daemonize() { impl_->session->daemonize(); }
+int Mount::serve() { return impl_->session->serve(); }
+
+}  // namespace capturefs

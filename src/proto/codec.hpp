@@ -1,0 +1,261 @@
+// The socket delivery protocol: frame types, encoder and incremental decoder.
+//
+// docs/protocol.md is the specification; this file follows it field by
+// field. The codec is pure: bytes in, frames or a precise error out. It does
+// no I/O, starts no thread and keeps no state beyond a Decoder's buffer, so
+// the same code serves the daemon, the clients, the tests and the fuzzer.
+//
+// Byte order is big-endian throughout. Paths and patterns are raw bytes
+// (std::string used as a byte string; no UTF-8 requirement); the text
+// fields (an ERROR message, a CLOSED reason) must be UTF-8.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+namespace capturefs::proto {
+
+// ---------------------------------------------------------------- limits
+
+inline constexpr char kMagic[4] = {'C', 'A', 'P', 'F'};
+inline constexpr std::uint16_t kVersion = 1;
+inline constexpr std::size_t kHelloSize = 8;    ///< magic, version, flags
+inline constexpr std::size_t kHeaderSize = 6;   ///< length u32, type u8, flags u8
+inline constexpr std::size_t kMaxChunk = 1 << 20;           ///< DATA payload
+inline constexpr std::size_t kMaxBody = kMaxChunk + 16;     ///< any frame body
+inline constexpr std::size_t kMaxFrame = kHeaderSize + kMaxBody;
+inline constexpr std::size_t kMaxPath = 4096;    ///< PATH_MAX; paths and patterns
+inline constexpr std::size_t kMaxPatterns = 64;  ///< per SUBSCRIBE
+inline constexpr std::size_t kMaxText = 1024;    ///< ERROR message, CLOSED reason
+
+// ---------------------------------------------------------------- frames
+
+/// \brief Who sent the bytes a Decoder reads.
+enum class Peer : std::uint8_t { client, server };
+
+/// \brief Frame type byte. Client frames have the high bit clear, server
+/// frames have it set.
+enum class Type : std::uint8_t {
+  subscribe = 0x01,
+  ack = 0x02,
+  status_request = 0x03,
+  subscribed = 0x81,
+  opened = 0x82,
+  data = 0x83,
+  renamed = 0x84,
+  closed = 0x85,
+  status = 0x86,
+  error = 0x87,
+};
+
+/// \brief The first 8 bytes each side sends. A client states the highest
+/// version it speaks and the optional features it asks for; the server
+/// answers with the version the connection uses and the features granted.
+struct Hello {
+  std::uint16_t version = kVersion;
+  std::uint16_t flags = 0;  ///< v1 defines none
+  friend bool operator==(const Hello&, const Hello&) = default;
+};
+
+/// \brief Client: which streams to take (or, with `observe`, to watch).
+struct Subscribe {
+  bool observe = false;  ///< events only (OPENED, RENAMED, CLOSED); consume nothing
+  bool literal = false;  ///< patterns are exact paths, not globs
+  bool once = false;     ///< at most one stream, then the subscription ends
+  bool nowait = false;   ///< nothing matches now: ERROR not_found/busy instead
+  std::vector<std::string> patterns;  ///< 1..kMaxPatterns, each 1..kMaxPath bytes, no NUL
+  friend bool operator==(const Subscribe&, const Subscribe&) = default;
+};
+
+/// \brief Client: the bytes of stream `id` before `offset` are processed.
+struct Ack {
+  std::uint64_t id = 0;
+  std::uint64_t offset = 0;
+  friend bool operator==(const Ack&, const Ack&) = default;
+};
+
+/// \brief Client: asks for a STATUS reply listing every live stream.
+struct StatusRequest {
+  friend bool operator==(const StatusRequest&, const StatusRequest&) = default;
+};
+
+/// \brief Server: the SUBSCRIBE was accepted.
+struct Subscribed {
+  friend bool operator==(const Subscribed&, const Subscribed&) = default;
+};
+
+/// \brief Server: stream `id` is handed to (or, for an observer, seen by)
+/// this connection. DATA for it starts at `offset`.
+struct Opened {
+  std::uint64_t id = 0;
+  std::uint64_t offset = 0;
+  std::int64_t time_ns = 0;  ///< creation time, ns since the Unix epoch
+  std::uint32_t pid = 0;     ///< the writer that created it (0: unknown)
+  std::uint32_t uid = 0;
+  std::string path;          ///< relative to the mount
+  friend bool operator==(const Opened&, const Opened&) = default;
+};
+
+/// \brief Server: bytes of stream `id` at stream offset `offset`.
+struct Data {
+  std::uint64_t id = 0;
+  std::uint64_t offset = 0;
+  std::vector<std::byte> bytes;  ///< at most kMaxChunk
+  friend bool operator==(const Data&, const Data&) = default;
+};
+
+/// \brief Server: stream `id` now has this path.
+struct Renamed {
+  std::uint64_t id = 0;
+  std::string path;
+  friend bool operator==(const Renamed&, const Renamed&) = default;
+};
+
+enum class CloseStatus : std::uint8_t { complete = 0, aborted = 1 };
+
+/// \brief Server: stream `id` ended; `total` bytes were written in all.
+struct Closed {
+  std::uint64_t id = 0;
+  std::uint64_t total = 0;
+  CloseStatus status = CloseStatus::complete;
+  std::string reason;  ///< UTF-8; empty if complete, non-empty if aborted
+  friend bool operator==(const Closed&, const Closed&) = default;
+};
+
+enum class StreamState : std::uint8_t {
+  writing = 0,    ///< a writer is open, no consumer
+  streaming = 1,  ///< a writer is open, a consumer takes the bytes
+  held = 2,       ///< writers done, bytes wait for a consumer
+  draining = 3,   ///< writers done, a consumer takes the rest
+};
+
+/// \brief One record of a STATUS reply.
+struct StreamStatus {
+  std::uint64_t id = 0;
+  std::uint32_t pid = 0;
+  std::uint32_t uid = 0;
+  std::int64_t time_ns = 0;
+  std::uint64_t written = 0;    ///< bytes written so far
+  std::uint64_t delivered = 0;  ///< bytes acknowledged or read by consumers
+  std::uint64_t rate = 0;       ///< bytes/s written, recent average
+  StreamState state = StreamState::writing;
+  std::string path;
+  friend bool operator==(const StreamStatus&, const StreamStatus&) = default;
+};
+
+/// \brief Server: part of the answer to a STATUS_REQUEST; `more` is set on
+/// every part but the last.
+struct StatusReply {
+  bool more = false;
+  std::vector<StreamStatus> streams;
+  friend bool operator==(const StatusReply&, const StatusReply&) = default;
+};
+
+enum class ErrorCode : std::uint16_t {
+  // Decoding errors (the Decoder reports these).
+  bad_magic = 1,    ///< the hello does not start with "CAPF"
+  bad_version = 2,  ///< version 0, or one the receiver does not speak
+  bad_type = 3,     ///< unknown frame type, or not one this peer sends
+  bad_flags = 4,    ///< undefined flag bits set
+  too_large = 5,    ///< length over kMaxBody or over the type's maximum
+  truncated = 6,    ///< a field runs past the end of the frame (or of the input)
+  trailing = 7,     ///< bytes left in the frame after its last field
+  bad_value = 8,    ///< a value out of range: empty path, NUL, bad UTF-8, ...
+  limit = 9,        ///< a count or length over its limit (patterns, path, text)
+  // Session errors (the server reports these).
+  bad_state = 16,  ///< a frame not allowed now (a second SUBSCRIBE, ...)
+  bad_ack = 17,    ///< an ACK beyond the bytes sent
+  not_found = 18,  ///< nowait: no stream matches
+  busy = 19,       ///< nowait: every matching stream has a consumer
+  shutdown = 20,   ///< the daemon is stopping
+  internal = 21,   ///< the server failed (out of memory, ...)
+};
+
+/// \brief A problem with the bytes or the session. Decoding errors come out
+/// of a Decoder; sent as a frame, it is the last thing the server says.
+/// Receivers accept any non-zero code (show unknown ones by number).
+struct Error {
+  ErrorCode code = ErrorCode::internal;
+  std::string message;  ///< UTF-8, at most kMaxText bytes
+  friend bool operator==(const Error&, const Error&) = default;
+};
+
+using Frame = std::variant<Hello, Subscribe, Ack, StatusRequest, Subscribed, Opened, Data, Renamed,
+                           Closed, StatusReply, Error>;
+
+/// \brief "bad_magic", "truncated", ... ("error_N" for an unknown code).
+std::string to_string(ErrorCode code);
+/// \brief "SUBSCRIBE", "DATA", ... ("HELLO" for a Hello).
+std::string_view frame_name(const Frame& frame);
+
+// ---------------------------------------------------------------- encoding
+
+/// \brief Appends the wire form of `frame` to `out`. A frame the decoder
+/// would reject (empty path, too many patterns, oversized chunk, bad UTF-8
+/// text, ...) is not encoded: `out` is left as it was and the error, with
+/// the code the decoder would give, is returned.
+[[nodiscard]] std::optional<Error> encode(const Frame& frame, std::vector<std::byte>& out);
+
+/// \brief Appends only the header and fixed fields of a DATA frame whose
+/// `size` payload bytes the caller sends next (writev without a copy).
+[[nodiscard]] std::optional<Error> encode_data_header(std::uint64_t id, std::uint64_t offset,
+                                                      std::size_t size,
+                                                      std::vector<std::byte>& out);
+
+/// \brief Appends a complete STATUS reply: as many STATUS frames as the
+/// records need (at least one), `more` set on all but the last.
+[[nodiscard]] std::optional<Error> encode_status(std::span<const StreamStatus> streams,
+                                                 std::vector<std::byte>& out);
+
+// ---------------------------------------------------------------- decoding
+
+/// \brief Incremental decoder for the bytes one peer sends: its hello, then
+/// frames. Feed it any slices; take complete frames with next().
+///
+///   dec.feed(bytes_read);
+///   while (auto f = dec.next()) handle(*f);
+///   if (dec.error()) { send ERROR(*dec.error()); disconnect; }
+///
+/// The hello or header of the next frame to return is checked as its bytes
+/// arrive, before any body byte: a wrong magic byte, a length over the
+/// maximum (on the 4 length bytes alone: nothing is allocated for it), an
+/// unknown type or flag. Frames before a bad one are still returned. An
+/// error is final: later input is ignored and next() returns nothing.
+/// Memory: the bytes fed and not yet returned as frames.
+class Decoder {
+ public:
+  explicit Decoder(Peer sender) : sender_(sender) {}
+
+  void feed(std::span<const std::byte> bytes);
+  /// \brief The next complete frame (the first is always the Hello), or
+  /// nullopt if more bytes are needed or an error was found.
+  std::optional<Frame> next();
+  const std::optional<Error>& error() const { return error_; }
+  /// \brief The peer closed the connection: an error (truncated) if it
+  /// stopped inside its hello or a frame. Returns error().
+  const std::optional<Error>& finish();
+
+  /// \brief Bytes fed and not yet returned as frames.
+  std::size_t buffered() const { return buf_.size() - pos_; }
+  /// \brief Bytes returned as frames so far (hello included).
+  std::uint64_t consumed() const { return consumed_; }
+
+ private:
+  std::optional<std::size_t> check_head();
+  void fail(Error e);
+
+  Peer sender_;
+  bool hello_done_ = false;
+  std::vector<std::byte> buf_;
+  std::size_t pos_ = 0;
+  std::uint64_t consumed_ = 0;
+  std::optional<Error> error_;
+};
+
+}  // namespace capturefs::proto

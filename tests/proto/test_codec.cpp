@@ -1,0 +1,664 @@
+// Unit tests of the protocol codec (src/proto): golden vectors shared with
+// the Python codec, round trips of every frame type, decoding split
+// anywhere, every error, early rejection, garbage.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <new>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "proto/codec.hpp"
+
+using namespace capturefs::proto;
+using Bytes = std::vector<std::byte>;
+
+// ---- allocation tracking: the largest single allocation while enabled.
+namespace {
+std::atomic<bool> g_track{false};
+std::atomic<std::size_t> g_largest{0};
+}  // namespace
+
+// GCC cannot see that these replacements pair malloc with free.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+void* operator new(std::size_t n) {
+  if (g_track.load(std::memory_order_relaxed)) {
+    std::size_t cur = g_largest.load();
+    while (n > cur && !g_largest.compare_exchange_weak(cur, n)) {
+    }
+  }
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+namespace {
+
+// ---------------------------------------------------------------- helpers
+
+Bytes from_hex(const std::string& hex) {
+  Bytes out;
+  int hi = -1;
+  for (char c : hex) {
+    int v;
+    if (c >= '0' && c <= '9') v = c - '0';
+    else if (c >= 'a' && c <= 'f') v = c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F') v = c - 'A' + 10;
+    else continue;
+    if (hi < 0) {
+      hi = v;
+    } else {
+      out.push_back(static_cast<std::byte>(hi * 16 + v));
+      hi = -1;
+    }
+  }
+  EXPECT_EQ(hi, -1) << "odd number of hex digits in " << hex;
+  return out;
+}
+
+Bytes str_bytes(std::string_view s) {
+  Bytes b;
+  for (char c : s) b.push_back(static_cast<std::byte>(c));
+  return b;
+}
+
+Bytes enc(const Frame& f) {
+  Bytes out;
+  auto e = encode(f, out);
+  EXPECT_FALSE(e) << frame_name(f) << ": " << (e ? e->message : "");
+  return out;
+}
+
+Bytes enc_all(const std::vector<Frame>& frames) {
+  Bytes out;
+  for (const auto& f : frames) {
+    const Bytes one = enc(f);
+    out.insert(out.end(), one.begin(), one.end());
+  }
+  return out;
+}
+
+struct Decoded {
+  std::vector<Frame> frames;
+  std::optional<Error> error;
+  std::uint64_t consumed = 0;
+};
+
+/// Feeds `bytes` in slices of the sizes `split` returns, taking frames
+/// after each slice, then calls finish().
+template <class Split>
+Decoded decode_split(Peer sender, const Bytes& bytes, Split split) {
+  Decoder d(sender);
+  Decoded r;
+  std::size_t at = 0;
+  while (at < bytes.size()) {
+    const std::size_t n = std::min(bytes.size() - at, std::max<std::size_t>(1, split()));
+    d.feed(std::span(bytes).subspan(at, n));
+    at += n;
+    while (auto f = d.next()) r.frames.push_back(std::move(*f));
+  }
+  r.error = d.finish();
+  r.consumed = d.consumed();
+  return r;
+}
+Decoded decode_whole(Peer sender, const Bytes& b) {
+  return decode_split(sender, b, [&] { return b.size(); });
+}
+Decoded decode_bytewise(Peer sender, const Bytes& b) {
+  return decode_split(sender, b, [] { return std::size_t{1}; });
+}
+Decoded decode_random(Peer sender, const Bytes& b, unsigned seed) {
+  std::mt19937 rng(seed);
+  return decode_split(sender, b, [&] { return std::size_t{rng() % 40}; });
+}
+
+const Hello kHello{};
+constexpr std::int64_t kT0 = 1700000000123456789;
+
+template <class... F>
+std::vector<Frame> session(F&&... f) {
+  return std::vector<Frame>{Frame{kHello}, Frame{std::forward<F>(f)}...};
+}
+
+// The frames each "ok" vector of vectors.txt encodes.
+std::map<std::string, std::vector<Frame>> expected_frames() {
+  std::map<std::string, std::vector<Frame>> m;
+  m["hello_client"] = session();
+  m["hello_client_future"] = {Hello{7, 0x8001}};
+  m["subscribe_glob"] = session(Subscribe{.patterns = {"*.log"}});
+  m["subscribe_all_flags"] = session(Subscribe{
+      .observe = true, .literal = true, .once = true, .nowait = true, .patterns = {"logs/\xff\xfe.txt", "[a-c]?/**"}});
+  m["subscribe_cat"] = session(Subscribe{.literal = true, .once = true, .patterns = {"out/result.bin"}});
+  m["subscribe_observe"] = session(Subscribe{.observe = true, .patterns = {"*"}});
+  m["ack"] = session(Ack{7, 0x1000});
+  m["ack_max"] = session(Ack{~0ULL, ~0ULL});
+  m["status_request"] = session(StatusRequest{});
+  m["client_session"] = session(Subscribe{.patterns = {"*.log"}}, Ack{1, 6}, StatusRequest{});
+  m["hello_server"] = session();
+  m["subscribed"] = session(Subscribed{});
+  m["opened"] = session(Opened{1, 0, kT0, 4242, 1000, "build.log"});
+  m["opened_reoffer"] = session(Opened{9, 65536, -1000000000, 0, 0, "dir/\x80\xff raw"});
+  m["data"] = session(Data{1, 0, str_bytes("hello\n")});
+  m["data_empty"] = session(Data{3, 12345, {}});
+  m["renamed"] = session(Renamed{1, "archive/build.log"});
+  m["closed_complete"] = session(Closed{1, 6, CloseStatus::complete, ""});
+  m["closed_aborted"] = session(Closed{2, 1234, CloseStatus::aborted, "unlinked before it was fully delivered"});
+  m["status_empty"] = session(StatusReply{});
+  m["status_two"] = session(StatusReply{
+      true,
+      {StreamStatus{1, 4242, 1000, kT0, 1048576, 65536, 250000, StreamState::streaming, "build.log"},
+       StreamStatus{5, 77, 0, kT0 + 5, 10, 0, 0, StreamState::held, "out/\xff" "bin"}}});
+  m["error"] = session(Error{ErrorCode::bad_magic, "client hello: bad magic \xe2\x80\x94 \xc3\xa9"});
+  m["error_unknown_code"] = session(Error{static_cast<ErrorCode>(999), ""});
+  m["server_session"] = session(Subscribed{}, Opened{1, 0, kT0, 4242, 1000, "build.log"},
+                                Data{1, 0, str_bytes("hello\n")}, Closed{1, 6, CloseStatus::complete, ""});
+  return m;
+}
+
+struct Vector {
+  std::string name;
+  Peer sender;
+  std::string expect;
+  Bytes bytes;
+};
+
+std::vector<Vector> load_vectors() {
+  const char* src = std::getenv("CAPTUREFS_SRC");
+  const std::string path = std::string(src ? src : ".") + "/tests/proto/vectors.txt";
+  std::ifstream in(path);
+  EXPECT_TRUE(in) << "cannot open " << path << " (set CAPTUREFS_SRC to the source tree)";
+  std::vector<Vector> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream ls(line);
+    Vector v;
+    std::string s, hex, part;
+    ls >> v.name >> s >> v.expect;
+    while (ls >> part) hex += part;
+    EXPECT_TRUE(s == "c" || s == "s") << line;
+    v.sender = s == "c" ? Peer::client : Peer::server;
+    v.bytes = from_hex(hex);
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+std::string describe(const std::optional<Error>& e) {
+  return e ? to_string(e->code) + ": " + e->message : "no error";
+}
+
+// ---------------------------------------------------------------- vectors
+
+TEST(Vectors, EveryOkVectorEncodesAndDecodes) {
+  const auto vectors = load_vectors();
+  auto expected = expected_frames();
+  ASSERT_GT(vectors.size(), 60u);
+  std::size_t ok = 0;
+  for (const auto& v : vectors) {
+    if (v.expect != "ok") continue;
+    ++ok;
+    SCOPED_TRACE(v.name);
+    auto it = expected.find(v.name);
+    ASSERT_NE(it, expected.end()) << "no expected frames for vector " << v.name;
+    EXPECT_EQ(enc_all(it->second), v.bytes);
+    for (const auto& d : {decode_whole(v.sender, v.bytes), decode_bytewise(v.sender, v.bytes),
+                          decode_random(v.sender, v.bytes, 7)}) {
+      EXPECT_FALSE(d.error) << describe(d.error);
+      EXPECT_EQ(d.frames, it->second);
+      EXPECT_EQ(d.consumed, v.bytes.size());
+    }
+    expected.erase(it);
+  }
+  EXPECT_GT(ok, 20u);
+  for (const auto& [name, frames] : expected) ADD_FAILURE() << "no vector named " << name;
+}
+
+TEST(Vectors, EveryErrorVectorFailsWithItsCode) {
+  std::size_t n = 0;
+  for (const auto& v : load_vectors()) {
+    if (v.expect == "ok") continue;
+    ++n;
+    SCOPED_TRACE(v.name);
+    for (const auto& d : {decode_whole(v.sender, v.bytes), decode_bytewise(v.sender, v.bytes),
+                          decode_random(v.sender, v.bytes, 11)}) {
+      ASSERT_TRUE(d.error) << "decoded without error";
+      EXPECT_EQ(to_string(d.error->code), v.expect) << d.error->message;
+      EXPECT_FALSE(d.error->message.empty());
+      // The server sends it back as an ERROR frame: it must encode.
+      Bytes out;
+      EXPECT_FALSE(encode(*d.error, out));
+    }
+  }
+  EXPECT_GT(n, 50u);
+}
+
+// ---------------------------------------------------------------- round trips
+
+std::string big_path(std::size_t n, char fill = 'p') {
+  std::string s(n, fill);
+  s[0] = '\xff';  // not UTF-8: paths are bytes
+  return s;
+}
+
+std::vector<Frame> client_samples() {
+  std::vector<std::string> many;
+  for (std::size_t i = 0; i < kMaxPatterns; ++i) many.push_back(big_path(kMaxPath, static_cast<char>('a' + i % 26)));
+  return {
+      Subscribe{.patterns = {"*"}},
+      Subscribe{.observe = true, .patterns = {"a", "b/*", "[!x]?"}},
+      Subscribe{.literal = true, .once = true, .nowait = true, .patterns = {"exact name with spaces"}},
+      Subscribe{.patterns = many},
+      Ack{0, 0},
+      Ack{1, 1ULL << 40},
+      Ack{~0ULL, ~0ULL},
+      StatusRequest{},
+  };
+}
+
+std::vector<Frame> server_samples() {
+  Bytes chunk(kMaxChunk);
+  for (std::size_t i = 0; i < chunk.size(); ++i) chunk[i] = static_cast<std::byte>(i * 31 + 7);
+  std::string reason;
+  while (reason.size() + 2 <= kMaxText) reason += "\xc3\xa9";  // 2-byte UTF-8
+  std::vector<StreamStatus> recs;
+  for (int i = 0; i < 4; ++i)
+    recs.push_back(StreamStatus{static_cast<std::uint64_t>(i + 1), 100u + static_cast<unsigned>(i), 1000,
+                                kT0 + i, 1ULL << 33, 1ULL << 32, 12345, static_cast<StreamState>(i),
+                                "s" + std::to_string(i)});
+  return {
+      Subscribed{},
+      Opened{1, 0, 0, 0, 0, "a"},
+      Opened{~0ULL, ~0ULL, INT64_MIN, ~0U, ~0U, big_path(kMaxPath)},
+      Opened{2, 4096, INT64_MAX, 1, 2, "dir/sub/file.txt"},
+      Data{1, 0, {}},
+      Data{1, 5, str_bytes("x")},
+      Data{~0ULL, 1ULL << 50, chunk},
+      Renamed{1, "new/name"},
+      Renamed{2, big_path(kMaxPath)},
+      Closed{1, 0, CloseStatus::complete, ""},
+      Closed{1, ~0ULL, CloseStatus::aborted, "shutdown"},
+      Closed{1, 10, CloseStatus::aborted, reason},
+      StatusReply{},
+      StatusReply{true, recs},
+      StatusReply{false, {StreamStatus{9, 1, 1, 1, 1, 1, 1, StreamState::draining, big_path(kMaxPath)}}},
+      Error{ErrorCode::truncated, ""},
+      Error{ErrorCode::internal, std::string(kMaxText, 'm')},
+      Error{static_cast<ErrorCode>(0xFFFF), "future code"},
+  };
+}
+
+void expect_round_trip(Peer sender, const std::vector<Frame>& samples) {
+  for (const auto& f : samples) {
+    SCOPED_TRACE(std::string(frame_name(f)));
+    const Bytes body = enc(f);
+    ASSERT_FALSE(body.empty());
+    if (!std::holds_alternative<Hello>(f)) {
+      EXPECT_LE(body.size(), kMaxFrame);
+      const std::size_t len = (std::to_integer<std::size_t>(body[0]) << 24) |
+                              (std::to_integer<std::size_t>(body[1]) << 16) |
+                              (std::to_integer<std::size_t>(body[2]) << 8) | std::to_integer<std::size_t>(body[3]);
+      EXPECT_EQ(len + kHeaderSize, body.size());
+    }
+    Bytes all = enc(kHello);
+    all.insert(all.end(), body.begin(), body.end());
+    const std::vector<Frame> want = {kHello, f};
+    for (const auto& d : {decode_whole(sender, all), decode_random(sender, all, 3)}) {
+      EXPECT_FALSE(d.error) << describe(d.error);
+      EXPECT_EQ(d.frames, want);
+    }
+  }
+}
+
+TEST(RoundTrip, EveryClientFrame) { expect_round_trip(Peer::client, client_samples()); }
+TEST(RoundTrip, EveryServerFrame) { expect_round_trip(Peer::server, server_samples()); }
+
+TEST(RoundTrip, HelloBothWays) {
+  for (const Hello h : {Hello{1, 0}, Hello{2, 0xFFFF}, Hello{0xFFFF, 1}}) {
+    const auto d = decode_whole(Peer::client, enc(h));
+    EXPECT_FALSE(d.error) << describe(d.error);
+    EXPECT_EQ(d.frames, std::vector<Frame>{h});
+  }
+  const auto d = decode_whole(Peer::server, enc(Hello{1, 0}));
+  EXPECT_EQ(d.frames, std::vector<Frame>{Hello{}});
+}
+
+TEST(RoundTrip, DataHeaderMatchesEncode) {
+  const Bytes payload = str_bytes("some payload bytes");
+  Bytes out;
+  ASSERT_FALSE(encode_data_header(42, 1000, payload.size(), out));
+  out.insert(out.end(), payload.begin(), payload.end());
+  EXPECT_EQ(out, enc(Data{42, 1000, payload}));
+  Bytes none;
+  auto e = encode_data_header(1, 0, kMaxChunk + 1, none);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code, ErrorCode::too_large);
+  EXPECT_TRUE(none.empty());
+}
+
+// ---------------------------------------------------------------- splitting
+
+std::vector<Frame> long_session(Peer sender) {
+  std::vector<Frame> frames = {kHello};
+  for (int round = 0; round < 3; ++round)
+    for (auto& f : sender == Peer::client ? client_samples() : server_samples()) {
+      if (auto* d = std::get_if<Data>(&f); d && d->bytes.size() > 4096) d->bytes.resize(4096);
+      if (auto* s = std::get_if<Subscribe>(&f); s && s->patterns.size() > 2) s->patterns.resize(2);
+      frames.push_back(std::move(f));
+    }
+  return frames;
+}
+
+TEST(Splitting, ByteByByteAndRandomSlices) {
+  for (Peer sender : {Peer::client, Peer::server}) {
+    const auto frames = long_session(sender);
+    const Bytes all = enc_all(frames);
+    const auto bytewise = decode_bytewise(sender, all);
+    EXPECT_FALSE(bytewise.error) << describe(bytewise.error);
+    EXPECT_EQ(bytewise.frames, frames);
+    for (unsigned seed = 0; seed < 20; ++seed) {
+      const auto d = decode_random(sender, all, seed);
+      EXPECT_FALSE(d.error) << describe(d.error);
+      EXPECT_EQ(d.frames, frames);
+      EXPECT_EQ(d.consumed, all.size());
+    }
+  }
+}
+
+TEST(Splitting, EveryTwoWaySplitOfASession) {
+  const std::vector<Frame> frames = session(Subscribed{}, Opened{1, 0, kT0, 1, 2, "p"}, Data{1, 0, str_bytes("abc")},
+                                            Renamed{1, "q"}, Closed{1, 3, CloseStatus::complete, ""});
+  const Bytes all = enc_all(frames);
+  for (std::size_t cut = 0; cut <= all.size(); ++cut) {
+    Decoder d(Peer::server);
+    std::vector<Frame> got;
+    d.feed(std::span(all).first(cut));
+    while (auto f = d.next()) got.push_back(*f);
+    d.feed(std::span(all).subspan(cut));
+    while (auto f = d.next()) got.push_back(*f);
+    EXPECT_FALSE(d.finish()) << "cut " << cut;
+    EXPECT_EQ(got, frames) << "cut " << cut;
+    EXPECT_EQ(d.buffered(), 0u);
+  }
+}
+
+TEST(Splitting, ManyFramesInOneFeedThenDrain) {
+  std::vector<Frame> frames = {kHello};
+  for (std::uint64_t i = 0; i < 2000; ++i) frames.push_back(Data{i, i * 100, Bytes(100, std::byte{0x5a})});
+  const Bytes all = enc_all(frames);
+  Decoder d(Peer::server);
+  d.feed(all);
+  std::vector<Frame> got;
+  while (auto f = d.next()) got.push_back(std::move(*f));
+  EXPECT_EQ(got, frames);
+  EXPECT_EQ(d.buffered(), 0u);
+  EXPECT_EQ(d.consumed(), all.size());
+}
+
+TEST(Splitting, NoFrameBeforeItIsComplete) {
+  const Bytes all = enc_all(session(Data{1, 0, Bytes(1000, std::byte{1})}));
+  Decoder d(Peer::server);
+  d.feed(std::span(all).first(kHelloSize));
+  ASSERT_TRUE(d.next());  // the hello
+  for (std::size_t i = kHelloSize; i + 1 < all.size(); ++i) {
+    d.feed(std::span(all).subspan(i, 1));
+    ASSERT_FALSE(d.next()) << "frame returned after " << i + 1 << " bytes";
+    ASSERT_FALSE(d.error());
+  }
+  d.feed(std::span(all).last(1));
+  EXPECT_TRUE(d.next());
+  EXPECT_FALSE(d.next());
+}
+
+// ---------------------------------------------------------------- early errors
+
+TEST(EarlyErrors, GigabyteLengthRejectedOnItsFourBytesWithoutAllocating) {
+  Decoder d(Peer::client);
+  d.feed(enc(kHello));
+  ASSERT_TRUE(d.next());
+  const Bytes len = from_hex("40000000");
+  g_largest = 0;
+  g_track = true;
+  d.feed(len);
+  g_track = false;
+  ASSERT_TRUE(d.error()) << "not rejected on the length alone";
+  EXPECT_EQ(d.error()->code, ErrorCode::too_large);
+  EXPECT_NE(d.error()->message.find("1073741824"), std::string::npos) << d.error()->message;
+  EXPECT_LT(g_largest.load(), 4096u) << "allocated " << g_largest.load() << " bytes";
+  EXPECT_EQ(d.buffered(), 0u);
+  EXPECT_FALSE(d.next());
+}
+
+TEST(EarlyErrors, GigabyteLengthRejectedEvenFedByteByByte) {
+  Decoder d(Peer::server);
+  d.feed(enc(kHello));
+  ASSERT_TRUE(d.next());
+  for (const char* b : {"40", "00", "00"}) {
+    d.feed(from_hex(b));
+    EXPECT_FALSE(d.error());
+  }
+  d.feed(from_hex("00"));
+  ASSERT_TRUE(d.error());
+  EXPECT_EQ(d.error()->code, ErrorCode::too_large);
+}
+
+TEST(EarlyErrors, BadMagicOnTheFirstWrongByte) {
+  Decoder d(Peer::client);
+  d.feed(str_bytes("CA"));
+  EXPECT_FALSE(d.error());
+  d.feed(str_bytes("X"));
+  ASSERT_TRUE(d.error());
+  EXPECT_EQ(d.error()->code, ErrorCode::bad_magic);
+  EXPECT_NE(d.error()->message.find("byte 2"), std::string::npos) << d.error()->message;
+}
+
+TEST(EarlyErrors, TypeAndFlagsBeforeTheBody) {
+  {
+    Decoder d(Peer::client);
+    d.feed(enc(kHello));
+    ASSERT_TRUE(d.next());
+    d.feed(from_hex("00001000 2a"));  // 4 KiB body announced, none sent
+    ASSERT_TRUE(d.error());
+    EXPECT_EQ(d.error()->code, ErrorCode::bad_type);
+  }
+  {
+    Decoder d(Peer::client);
+    d.feed(enc(kHello));
+    ASSERT_TRUE(d.next());
+    d.feed(from_hex("00001000 01 80"));
+    ASSERT_TRUE(d.error());
+    EXPECT_EQ(d.error()->code, ErrorCode::bad_flags);
+  }
+  {
+    Decoder d(Peer::client);
+    d.feed(enc(kHello));
+    d.feed(from_hex("00000010 02 00"));  // a valid ACK header: wait for the body
+    EXPECT_FALSE(d.error());
+    EXPECT_TRUE(d.next());   // hello
+    EXPECT_FALSE(d.next());  // ACK not complete
+  }
+}
+
+TEST(EarlyErrors, ErrorIsFinal) {
+  Decoder d(Peer::client);
+  d.feed(str_bytes("nope"));
+  ASSERT_TRUE(d.error());
+  const Error first = *d.error();
+  d.feed(enc_all(session(Ack{1, 2})));
+  EXPECT_FALSE(d.next());
+  EXPECT_EQ(*d.error(), first);
+  EXPECT_EQ(*d.finish(), first);
+  EXPECT_EQ(d.buffered(), 0u);
+}
+
+TEST(EarlyErrors, ErrorAfterGoodFramesKeepsThem) {
+  Bytes all = enc_all(session(Ack{1, 2}, Ack{1, 4}));
+  const Bytes bad = from_hex("00000000 55");
+  all.insert(all.end(), bad.begin(), bad.end());
+  const auto d = decode_whole(Peer::client, all);
+  EXPECT_EQ(d.frames, session(Ack{1, 2}, Ack{1, 4}));
+  ASSERT_TRUE(d.error);
+  EXPECT_EQ(d.error->code, ErrorCode::bad_type);
+  EXPECT_EQ(d.consumed, all.size() - bad.size());
+}
+
+TEST(Finish, ReportsWhereTheConnectionStopped) {
+  struct Case {
+    Bytes bytes;
+    const char* text;
+  };
+  const Bytes hello = enc(kHello);
+  Bytes frame = enc_all(session(Data{1, 0, str_bytes("abcdef")}));
+  frame.pop_back();
+  Bytes header = hello;
+  header.push_back(std::byte{0});
+  for (const auto& c : {Case{Bytes(hello.begin(), hello.begin() + 3), "hello (3 of 8 bytes)"},
+                        Case{header, "frame header (1 of 6 bytes)"},
+                        Case{frame, "DATA frame (27 of 28 bytes)"}}) {
+    Decoder d(Peer::server);
+    d.feed(c.bytes);
+    while (d.next()) {
+    }
+    ASSERT_TRUE(d.finish());
+    EXPECT_EQ(d.error()->code, ErrorCode::truncated);
+    EXPECT_NE(d.error()->message.find(c.text), std::string::npos) << d.error()->message;
+  }
+  Decoder empty(Peer::client);
+  EXPECT_FALSE(empty.finish());
+  Decoder pending(Peer::client);
+  pending.feed(enc_all(session(Ack{1, 1})));
+  EXPECT_FALSE(pending.finish()) << "complete frames are not truncated";
+  EXPECT_TRUE(pending.next());
+}
+
+// ---------------------------------------------------------------- encoder errors
+
+TEST(EncodeErrors, RefusesWhatTheDecoderWouldReject) {
+  struct Case {
+    Frame frame;
+    ErrorCode code;
+  };
+  std::vector<std::string> too_many(kMaxPatterns + 1, "x");
+  std::vector<StreamStatus> big;
+  for (int i = 0; i < 300; ++i) big.push_back(StreamStatus{.path = big_path(kMaxPath)});
+  const Case cases[] = {
+      {Hello{0, 0}, ErrorCode::bad_version},
+      {Subscribe{}, ErrorCode::bad_value},
+      {Subscribe{.patterns = too_many}, ErrorCode::limit},
+      {Subscribe{.patterns = {"ok", ""}}, ErrorCode::bad_value},
+      {Subscribe{.patterns = {std::string("a\0b", 3)}}, ErrorCode::bad_value},
+      {Subscribe{.patterns = {std::string(kMaxPath + 1, 'a')}}, ErrorCode::limit},
+      {Opened{1, 0, 0, 0, 0, ""}, ErrorCode::bad_value},
+      {Opened{1, 0, 0, 0, 0, std::string(kMaxPath + 1, 'a')}, ErrorCode::limit},
+      {Renamed{1, std::string("\0", 1)}, ErrorCode::bad_value},
+      {Data{1, 0, Bytes(kMaxChunk + 1)}, ErrorCode::too_large},
+      {Closed{1, 0, CloseStatus::complete, "why"}, ErrorCode::bad_value},
+      {Closed{1, 0, CloseStatus::aborted, ""}, ErrorCode::bad_value},
+      {Closed{1, 0, CloseStatus::aborted, "\xc3\x28"}, ErrorCode::bad_value},
+      {Closed{1, 0, CloseStatus::aborted, std::string(kMaxText + 1, 'r')}, ErrorCode::limit},
+      {Closed{1, 0, static_cast<CloseStatus>(7), ""}, ErrorCode::bad_value},
+      {StatusReply{false, {StreamStatus{.state = static_cast<StreamState>(4), .path = "a"}}}, ErrorCode::bad_value},
+      {StatusReply{false, {StreamStatus{.path = ""}}}, ErrorCode::bad_value},
+      {StatusReply{false, big}, ErrorCode::too_large},
+      {Error{static_cast<ErrorCode>(0), "x"}, ErrorCode::bad_value},
+      {Error{ErrorCode::busy, "\xed\xa0\x80"}, ErrorCode::bad_value},
+      {Error{ErrorCode::busy, std::string(kMaxText + 1, 'e')}, ErrorCode::limit},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(std::string(frame_name(c.frame)));
+    Bytes out = str_bytes("keep");
+    const auto e = encode(c.frame, out);
+    ASSERT_TRUE(e) << "encoded an invalid frame";
+    EXPECT_EQ(to_string(e->code), to_string(c.code)) << e->message;
+    EXPECT_EQ(out, str_bytes("keep")) << "output changed on error";
+  }
+}
+
+// ---------------------------------------------------------------- STATUS replies
+
+TEST(StatusReplies, SplitAcrossFramesWithMore) {
+  std::vector<StreamStatus> recs;
+  for (std::uint64_t i = 0; i < 700; ++i)
+    recs.push_back(StreamStatus{i + 1, 10, 20, kT0, i, i / 2, 7, StreamState::writing,
+                                big_path(kMaxPath, static_cast<char>('a' + i % 26))});
+  Bytes out = enc(kHello);
+  ASSERT_FALSE(encode_status(recs, out));
+  const auto d = decode_whole(Peer::server, out);
+  ASSERT_FALSE(d.error) << describe(d.error);
+  ASSERT_GT(d.frames.size(), 3u);  // hello + at least 3 parts (~2.9 MB of records)
+  std::vector<StreamStatus> got;
+  for (std::size_t i = 1; i < d.frames.size(); ++i) {
+    const auto& part = std::get<StatusReply>(d.frames[i]);
+    EXPECT_EQ(part.more, i + 1 < d.frames.size());
+    got.insert(got.end(), part.streams.begin(), part.streams.end());
+  }
+  EXPECT_EQ(got, recs);
+}
+
+TEST(StatusReplies, EmptyListIsOneFrame) {
+  Bytes out;
+  ASSERT_FALSE(encode_status({}, out));
+  EXPECT_EQ(out, from_hex("00000002 86 00 0000"));
+}
+
+TEST(StatusReplies, InvalidRecordEncodesNothing) {
+  std::vector<StreamStatus> recs(3, StreamStatus{.path = "ok"});
+  recs[2].path.clear();
+  Bytes out;
+  const auto e = encode_status(recs, out);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code, ErrorCode::bad_value);
+  EXPECT_NE(e->message.find("record 2"), std::string::npos) << e->message;
+  EXPECT_TRUE(out.empty());
+}
+
+// ---------------------------------------------------------------- garbage
+
+TEST(Garbage, RandomBytesNeverCrashAndErrorsAreSendable) {
+  std::mt19937 rng(1234);
+  const std::set<ErrorCode> decoding = {ErrorCode::bad_magic, ErrorCode::bad_version, ErrorCode::bad_type,
+                                        ErrorCode::bad_flags, ErrorCode::too_large,   ErrorCode::truncated,
+                                        ErrorCode::trailing,  ErrorCode::bad_value,   ErrorCode::limit};
+  for (int i = 0; i < 3000; ++i) {
+    const Peer sender = i % 2 ? Peer::client : Peer::server;
+    Bytes b = i % 3 ? enc(kHello) : Bytes{};
+    const std::size_t n = rng() % 200;
+    for (std::size_t k = 0; k < n; ++k) b.push_back(static_cast<std::byte>(rng() % (i % 5 ? 256 : 8)));
+    const auto whole = decode_whole(sender, b);
+    const auto pieces = decode_random(sender, b, static_cast<unsigned>(i));
+    EXPECT_EQ(whole.frames, pieces.frames);
+    EXPECT_EQ(whole.error, pieces.error);
+    if (whole.error) {
+      EXPECT_TRUE(decoding.count(whole.error->code)) << describe(whole.error);
+      Bytes out;
+      EXPECT_FALSE(encode(*whole.error, out)) << describe(whole.error);
+    }
+    // Whatever decoded re-encodes to exactly the bytes it came from.
+    EXPECT_EQ(enc_all(whole.frames), Bytes(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(whole.consumed)));
+  }
+}
+
+TEST(Names, CodesAndFrames) {
+  EXPECT_EQ(to_string(ErrorCode::bad_magic), "bad_magic");
+  EXPECT_EQ(to_string(ErrorCode::internal), "internal");
+  EXPECT_EQ(to_string(static_cast<ErrorCode>(999)), "error_999");
+  EXPECT_EQ(frame_name(Hello{}), "HELLO");
+  EXPECT_EQ(frame_name(StatusRequest{}), "STATUS_REQUEST");
+  EXPECT_EQ(frame_name(StatusReply{}), "STATUS");
+  EXPECT_EQ(frame_name(Error{}), "ERROR");
+}
+
+}  // namespace
