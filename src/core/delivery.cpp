@@ -139,6 +139,24 @@ void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, b
   *more = true;
 }
 
+bool Subscription::has_room() {
+  std::lock_guard lk(mu_);
+  return opt_.max_active == 0 || active_.size() < opt_.max_active;
+}
+
+void Subscription::abort(std::uint64_t id, std::string reason, int write_errno) {
+  std::shared_ptr<Stream> s;
+  {
+    std::lock_guard lk(mu_);
+    auto it = active_.find(id);
+    if (it == active_.end()) return;
+    s = it->second.stream;
+  }
+  Effects fx;
+  s->abort(std::move(reason), write_errno, fx);
+  settle(std::move(fx));  // wakes the stream: its delivery thread sends on_close
+}
+
 void Subscription::ack(std::uint64_t id, std::uint64_t upto) {
   std::shared_ptr<Stream> s;
   {

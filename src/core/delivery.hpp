@@ -46,6 +46,7 @@ struct SubscriptionOptions {
   std::size_t chunk = 256 * 1024;      ///< largest on_data call
   std::size_t window = 4 * 1024 * 1024;  ///< unacknowledged bytes per stream
   bool auto_ack = true;  ///< acknowledge when on_data returns; else call ack()
+  std::size_t max_active = 0;  ///< streams held at once (0: no limit); more wait their turn
 };
 
 class Subscription : public PushTarget, public std::enable_shared_from_this<Subscription> {
@@ -58,6 +59,10 @@ class Subscription : public PushTarget, public std::enable_shared_from_this<Subs
   /// \brief Acknowledges the bytes of stream `id` before `upto` (manual
   /// acknowledgement). Any thread, including from inside a sink call.
   void ack(std::uint64_t id, std::uint64_t upto);
+  /// \brief Ends stream `id` for this consumer (e.g. the consumer failed):
+  /// the sink gets on_close with the reason, and the stream's writers get
+  /// `write_errno` from then on (0: their bytes are discarded).
+  void abort(std::uint64_t id, std::string reason, int write_errno);
   /// \brief Stops delivery and unsubscribes. Streams not finished go to the
   /// next matching consumer, from their first unacknowledged byte. Must not
   /// be called from a sink call. Idempotent.
@@ -66,6 +71,7 @@ class Subscription : public PushTarget, public std::enable_shared_from_this<Subs
   // ---- Used by Volume.
   bool matches(std::string_view path) const { return filter_(path); }
   std::size_t window() const { return opt_.window; }
+  bool has_room();
   void start();
   void adopt(const std::shared_ptr<Stream>& s, const StreamInfo& info);
   void wake(std::uint64_t id) override;

@@ -167,7 +167,8 @@ void Stream::progress(Effects& fx) {
     while (!writes_.empty() && writes_.front().armed) {
       PendingWrite& w = writes_.front();
       Result<std::size_t> r = w.data.size();
-      if (!discard_ && try_apply(w.off, w.data, &r) == Apply::NoRoom) break;
+      if (abort_errno_ != 0) r = Errno{abort_errno_};
+      else if (!discard_ && try_apply(w.off, w.data, &r) == Apply::NoRoom) break;
       fx.calls.emplace_back([done = std::move(w.done), r] { done(r); });
       forget_key(w.key);
       writes_.pop_front();
@@ -269,9 +270,10 @@ bool Stream::ack(std::uint64_t upto, Effects& fx) {
   return close_sent_ && base_ == delivered_;
 }
 
-void Stream::abort(std::string reason, Effects& fx) {
+void Stream::abort(std::string reason, int write_errno, Effects& fx) {
   std::lock_guard lk(mu_);
   if (abort_reason_.empty()) abort_reason_ = std::move(reason);
+  abort_errno_ = write_errno;
   discard(fx);
 }
 
@@ -304,6 +306,7 @@ Stream::Serve Stream::prepare_read(std::uint64_t pos, std::size_t size, std::siz
 Outcome<std::size_t> Stream::write(std::uint64_t off, std::span<const std::byte> data,
                                    WaitKey key, WriteDone done, Effects& fx) {
   std::lock_guard lk(mu_);
+  if (abort_errno_ != 0) return Result<std::size_t>(Errno{abort_errno_});
   if (discard_) return Result<std::size_t>(data.size());
   if (writes_.empty()) {
     Result<std::size_t> r = 0;

@@ -91,9 +91,10 @@ class Stream : public std::enable_shared_from_this<Stream> {
   /// Returns true once the stream is finished: its end was pulled and every
   /// byte acknowledged.
   bool ack(std::uint64_t upto, Effects& fx);
-  /// \brief Ends the stream for its consumer with a reason; later writes
-  /// are accepted and discarded.
-  void abort(std::string reason, Effects& fx);
+  /// \brief Ends the stream for its consumer with a reason. Later writes
+  /// (and parked ones) fail with `write_errno`, or are accepted and
+  /// discarded if it is 0.
+  void abort(std::string reason, int write_errno, Effects& fx);
   bool has_consumer() const;
 
   /// \brief Registers the consumer. EBUSY if another one is attached.
@@ -197,6 +198,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
   bool wake_pending_ = false;  // a wake is on its way; cleared by pull()
   bool close_sent_ = false;    // pull() handed out the end
   std::string abort_reason_;
+  int abort_errno_ = 0;  // what writes get once aborted (0: discarded)
   Meta meta_;
   std::deque<PendingWrite> writes_;
   std::deque<PendingRead> reads_;

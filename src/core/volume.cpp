@@ -65,7 +65,7 @@ void Volume::assign(Node& n, Effects& fx) {
   for (std::size_t i = 0; i < subs_.size(); ++i) {
     const std::size_t k = (next_sub_ + i) % subs_.size();
     const auto& sub = subs_[k];
-    if (!sub->matches(path)) continue;
+    if (!sub->matches(path) || !sub->has_room()) continue;
     auto start = n.stream->attach_push(n.ino, sub, sub->window(), fx);
     if (!start) return;  // taken meanwhile
     StreamInfo info;
@@ -90,13 +90,7 @@ std::shared_ptr<Subscription> Volume::subscribe(PathFilter filter, std::shared_p
   {
     std::lock_guard lk(tree_mu_);
     subs_.push_back(sub);
-    // Streams that waited for a consumer: oldest first.
-    std::vector<NodePtr> waiting;
-    for (const auto& [ino, n] : nodes_)
-      if (n->stream && n->linked && !n->stream->has_consumer()) waiting.push_back(n);
-    std::sort(waiting.begin(), waiting.end(), [](const NodePtr& a, const NodePtr& b) { return a->ino < b->ino; });
-    for (const auto& n : waiting)
-      if (sub->matches(path_locked(*n))) assign(*n, fx);
+    offer_waiting(fx);  // streams that waited for a consumer, oldest first
   }
   settle(std::move(fx));
   return sub;
@@ -107,16 +101,27 @@ void Volume::unsubscribe(const Subscription* sub) {
   std::erase_if(subs_, [sub](const std::shared_ptr<Subscription>& s) { return s.get() == sub; });
 }
 
+void Volume::offer_waiting(Effects& fx) {
+  std::vector<NodePtr> waiting;
+  for (const auto& [ino, n] : nodes_)
+    if (n->stream && n->linked && !n->stream->has_consumer()) waiting.push_back(n);
+  std::sort(waiting.begin(), waiting.end(),
+            [](const NodePtr& a, const NodePtr& b) { return a->ino < b->ino; });
+  for (const auto& n : waiting) assign(*n, fx);
+}
+
 void Volume::push_finished(std::uint64_t id, const std::shared_ptr<Stream>& s) {
   Effects fx;
+  s->detach_push(fx);
   {
     std::lock_guard lk(tree_mu_);
     NodePtr n = find(id);
     if (n && n->linked && n->stream == s) {
       if (NodePtr p = find(n->parent)) detach(*p, *n, fx);
     }
+    // A subscription with a limit on active streams may take more now.
+    offer_waiting(fx);
   }
-  s->detach_push(fx);
   settle(std::move(fx));
 }
 

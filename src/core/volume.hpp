@@ -153,6 +153,7 @@ class Volume {
   std::string path_locked(const Node& n) const;
   // Offers an unconsumed stream to the subscriptions (round-robin).
   void assign(Node& n, Effects& fx);
+  void offer_waiting(Effects& fx);
 
   const Limits limits_;
   Budget budget_;

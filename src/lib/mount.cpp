@@ -34,17 +34,25 @@ class CallbackSink : public core::Sink {
     o.writer_uid = i.writer_uid;
     o.created = i.created;
     o.start_offset = i.start_offset;
-    cb_.on_open(o);
+    try {
+      cb_.on_open(o);
+    } catch (const AbortStream& e) {
+      abort(i.id, e.what());
+    }
   }
   void on_data(std::uint64_t id, std::uint64_t off, std::span<const std::byte> b) override {
     const Chunk c{id, off, b};
-    if (cb_.on_data_async) {
-      const std::uint64_t upto = off + b.size();
-      cb_.on_data_async(c, Ack([w = sub_, id, upto] {
-        if (auto s = w.lock()) s->ack(id, upto);
-      }));
-    } else if (cb_.on_data) {
-      cb_.on_data(c);
+    try {
+      if (cb_.on_data_async) {
+        const std::uint64_t upto = off + b.size();
+        cb_.on_data_async(c, Ack([w = sub_, id, upto] {
+          if (auto s = w.lock()) s->ack(id, upto);
+        }));
+      } else if (cb_.on_data) {
+        cb_.on_data(c);
+      }
+    } catch (const AbortStream& e) {
+      abort(id, e.what());
     }
   }
   void on_rename(std::uint64_t id, const std::string& path) override {
@@ -56,6 +64,10 @@ class CallbackSink : public core::Sink {
   bool async() const { return static_cast<bool>(cb_.on_data_async); }
 
  private:
+  void abort(std::uint64_t id, const std::string& reason) {
+    if (auto s = sub_.lock()) s->abort(id, reason, EPIPE);
+  }
+
   const Callbacks cb_;
   std::weak_ptr<core::Subscription> sub_;
 };
@@ -139,6 +151,7 @@ Consumer Mount::consume(Callbacks cb, ConsumeOptions opt) {
   so.threads = opt.threads;
   so.chunk = opt.chunk;
   so.auto_ack = !sink->async();
+  so.max_active = opt.max_active;
   core::PathFilter filter = opt.filter ? core::PathFilter(opt.filter) : core::glob_filter(opt.globs);
   Consumer c;
   c.impl_ = std::make_shared<Consumer::Impl>();

@@ -24,7 +24,7 @@
 // Constructors and methods throw std::system_error whose what() names the
 // path and the cause (missing or non-empty mountpoint, /dev/fuse missing,
 // mount refused). An exception thrown by a callback is logged to stderr and
-// the stream continues.
+// the stream continues; throw AbortStream to end a stream instead.
 #pragma once
 
 #include <sys/types.h>
@@ -35,6 +35,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -100,12 +101,22 @@ struct Callbacks {
   std::function<void(const StreamClose&)> on_close;
 };
 
+/// \brief Throw from on_open or on_data to give up on a stream (e.g. the
+/// program it was piped to exited): the consumer then gets on_close with
+/// complete == false and this reason, and the stream's writers get EPIPE
+/// from their next write on.
+class AbortStream : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 /// \brief Which streams a consumer takes, and how it is fed.
 struct ConsumeOptions {
   std::vector<std::string> globs;  ///< fnmatch(3) patterns on the relative path; `*` matches '/'
   std::function<bool(std::string_view path)> filter;  ///< used instead of globs if set
   unsigned threads = 2;            ///< delivery threads
   std::size_t chunk = 256 * 1024;  ///< largest chunk
+  std::size_t max_active = 0;      ///< streams held at once (0: no limit); more wait their turn
 };
 
 class Mount;
