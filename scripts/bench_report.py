@@ -139,6 +139,7 @@ def summarize(results, cfg, consumers):
         rows.append({
             "name": name,
             "ns_per_op": stats([x["ns_per_op"] for x in reps]),
+            "cpu_ns_per_op": stats([x["cpu_ns_per_op"] for x in reps]),
             "bytes_per_second": stats([x["bytes_per_second"] for x in reps]),
             "items_per_second": stats([x["items_per_second"] for x in reps]),
         })
@@ -333,7 +334,10 @@ def markdown(meta, s, consumers, not_built):
         if not s["micro"]:
             lines.append(f"not run: {s.get('micro_note') or 'see errors above'}")
         else:
-            header = ["benchmark", "ns/op", "throughput"]
+            lines.append("CPU time per operation (robust to other work on a shared machine), wall time, "
+                         "and Google Benchmark's rates (per CPU second).")
+            lines.append("")
+            header = ["benchmark", "CPU ns/op", "wall ns/op", "rate"]
             rows = []
             for r in s["micro"]:
                 tp = []
@@ -341,7 +345,8 @@ def markdown(meta, s, consumers, not_built):
                     tp.append(f"{r['bytes_per_second']['median'] / MiB:,.0f} MiB/s")
                 if r["items_per_second"]:
                     tp.append(f"{r['items_per_second']['median'] / 1e3:,.0f} k/s")
-                rows.append([r["name"], cell(r["ns_per_op"]), ", ".join(tp)])
+                rows.append([r["name"], cell(r["cpu_ns_per_op"]), num(r["ns_per_op"]["median"]),
+                             ", ".join(tp)])
             lines.append(table(header, rows))
         lines.append("")
     return "\n".join(lines)

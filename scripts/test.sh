@@ -4,7 +4,7 @@
 # an ASan+UBSan build.
 #
 #   scripts/test.sh              both builds
-#   scripts/test.sh --no-asan    normal build only
+#   scripts/test.sh --no-asan    normal build only (no ASan/UBSan, no TSan)
 #   scripts/test.sh --asan-only  sanitizer build only
 #
 # Environment: JOBS (compile jobs, default: nproc), TEST_JOBS (tests run at
@@ -192,6 +192,15 @@ elif ((run_asan)); then
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   build_and_test "asan+ubsan" build-asan --timeout-multiplier 3 -- \
     -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
+fi
+
+# ThreadSanitizer on the core's unit tests, where the threads are: delivery
+# threads, parked operations completed from other threads. (The mount tests
+# would mostly exercise libfuse, which is not instrumented.)
+if ((run_asan && compiled)); then
+  export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+  build_and_test "tsan" build-tsan --suite unit --timeout-multiplier 5 -- \
+    -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug
 fi
 
 header "summary"

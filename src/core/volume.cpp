@@ -112,13 +112,15 @@ void Volume::offer_waiting(Effects& fx) {
 
 void Volume::push_finished(std::uint64_t id, const std::shared_ptr<Stream>& s) {
   Effects fx;
-  s->detach_push(fx);
   {
     std::lock_guard lk(tree_mu_);
     NodePtr n = find(id);
+    // The name goes first, while the consumer is still attached: a stream
+    // that is named and has no consumer would be offered again.
     if (n && n->linked && n->stream == s) {
       if (NodePtr p = find(n->parent)) detach(*p, *n, fx);
     }
+    s->detach_push(fx);
     // A subscription with a limit on active streams may take more now.
     offer_waiting(fx);
   }

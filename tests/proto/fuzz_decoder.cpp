@@ -9,7 +9,9 @@
 //   - the frames re-encode to exactly the bytes they were decoded from
 //     (the encoding is canonical, and encode() accepts all that decodes);
 //   - an error has a decoding code and a message that fits an ERROR frame;
-//   - without an error, finish() fails exactly when a partial frame is left.
+//   - without an error, finish() fails exactly when a partial frame is left;
+//   - the records of all STATUS parts, re-encoded with encode_status(),
+//     decode to the same records.
 //
 // Built by scripts/fuzz-proto.sh with -fsanitize=fuzzer and
 // -DCAPTUREFS_FUZZER_NO_MAIN. Without that macro (the meson build) this
@@ -98,8 +100,31 @@ void fuzz_one(Peer sender, const Bytes& in) {
   for (std::size_t i = 1; i < whole.frames.size(); ++i)
     check(!std::holds_alternative<Hello>(whole.frames[i]), "one hello only");
 
+  // The records of every STATUS part, re-encoded as one reply, come back
+  // the same, split into parts with MORE set on all but the last.
+  std::vector<StreamStatus> records;
+  for (const auto& f : whole.frames) {
+    check(!frame_name(f).empty(), "every frame has a name");
+    if (const auto* s = std::get_if<StatusReply>(&f)) records.insert(records.end(), s->streams.begin(), s->streams.end());
+  }
+  Bytes reply;
+  check(!encode(Hello{}, reply) && !encode_status(records, reply), "decoded records encode as a reply");
+  Decoder d(Peer::server);
+  d.feed(reply);
+  std::vector<StreamStatus> back;
+  bool last = false;
+  check(d.next().has_value(), "the reply's hello");
+  while (auto f = d.next()) {
+    check(!last, "MORE clear only on the last part");
+    const auto& part = std::get<StatusReply>(*f);
+    back.insert(back.end(), part.streams.begin(), part.streams.end());
+    last = !part.more;
+  }
+  check(!d.finish() && last && back == records, "the reply decodes to the same records");
+
   if (whole.error) {
     check(is_decoding_code(whole.error->code), "a decoding error code");
+    check(to_string(whole.error->code).rfind("error_", 0) != 0, "decoding codes have names");
     check(!whole.error->message.empty(), "an error message");
     Bytes err;
     check(!encode(*whole.error, err), "the error fits an ERROR frame");
