@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "capturefs/capturefs.hpp"
+#include "cli/exec.hpp"
 #include "core/log.hpp"
 #include "core/size.hpp"
 #include "lib/preflight.hpp"
@@ -34,7 +35,7 @@ No FIFO is created, nothing is written to disk, and memory is bounded.
   capturefs umount /tmp/cap               # or: fusermount3 -u /tmp/cap
 )";
 
-constexpr const char* kMountFooter = R"(
+constexpr const char* kMountFooter = R"footer(
 Semantics, in short:
   - Any new name opened with O_CREAT is a stream; stat shows a regular file
     whose size is the bytes written so far.
@@ -47,8 +48,18 @@ Semantics, in short:
   - When the limits are reached, writers wait until a reader drains; Ctrl-C
     ends the wait with EINTR. A path the tool never created answers ENOENT.
   - SIGINT or SIGTERM to the daemon unmounts cleanly.
+
+With --exec CMD, every new file (matching --exec-glob, if given) is fed to
+its own `/bin/sh -c CMD` on stdin instead of waiting for a reader:
+  capturefs mount /tmp/cap --exec 'gzip -c > /archive/"$(echo "$CAPTUREFS_PATH" | tr / _)".gz'
+The command's environment has CAPTUREFS_PATH (the file's path in the mount,
+as it was when the command started), CAPTUREFS_MOUNT and CAPTUREFS_WRITER_PID;
+the name is never pasted into CMD. At most --exec-jobs commands run at once;
+the other files wait (their writers wait once the memory caps are reached).
+A command that exits before reading everything makes the writer's next
+writes fail with EPIPE. Exit statuses are logged (-v shows successes too).
 See README.md for the full semantics table.
-)";
+)footer";
 
 struct MountArgs {
   std::string mountpoint;
@@ -60,6 +71,10 @@ struct MountArgs {
   std::string max_stream = "256M";
   int ready_fd = -1;
   unsigned threads = 16;
+  std::string exec;
+  std::vector<std::string> exec_globs;
+  unsigned exec_jobs = 0;  // 0: the number of CPUs
+  bool exec_given = false;
 };
 
 // A size option, checked at parse time so the message names the option.
@@ -104,6 +119,26 @@ int run_mount(const MountArgs& a) {
   if (!a.foreground && !a.debug) m->daemonize();
   log::info("mounted {} (max-memory {}, max-stream {})", m->mountpoint(),
             core::format_size(opt.max_memory), core::format_size(std::min(opt.max_stream, opt.max_memory)));
+  // After daemonize(): the runner starts threads, which a fork would lose.
+  std::unique_ptr<ExecRunner> runner;
+  if (a.exec_given) {
+    ExecOptions eo;
+    eo.command = a.exec;
+    eo.globs = a.exec_globs;
+    eo.jobs = a.exec_jobs;
+    try {
+      runner = std::make_unique<ExecRunner>(*m, eo);
+    } catch (const std::system_error& e) {
+      log::error("{}", e.what());
+      return 1;
+    }
+    std::string which = "every file";
+    if (!eo.globs.empty()) {
+      which = "files matching";
+      for (const auto& g : eo.globs) which += " '" + log_quote(g) + "'";
+    }
+    log::info("exec: running '{}' for {}, at most {} at once", log_quote(eo.command), which, runner->jobs());
+  }
   if (a.ready_fd >= 0) {
     static constexpr char kReady[] = "ready\n";
     (void)!::write(a.ready_fd, kReady, sizeof kReady - 1);
@@ -111,6 +146,13 @@ int run_mount(const MountArgs& a) {
   }
   const int rc = m->serve();
   const std::string mp = m->mountpoint();
+  if (runner) {
+    // Unmount first (the volume stays), so that nothing touching the mount
+    // hangs while the commands are stopped and waited for.
+    m->unmount();
+    runner->stop();
+    runner.reset();
+  }
   m.reset();  // answers parked requests, unmounts
   log::info("unmounted {}", mp);
   return rc == 0 ? 0 : 1;
@@ -168,6 +210,18 @@ int tool_main(int argc, char** argv) {
       ->type_name("FD");
   mount->add_option("--threads", m.threads, "Maximum FUSE worker threads")->capture_default_str()
       ->check(CLI::Range(1U, 256U));
+  auto* exec = mount->add_option("--exec", m.exec,
+                                 "Run /bin/sh -c CMD for every new file, with the file's bytes on its stdin "
+                                 "(environment: CAPTUREFS_PATH, CAPTUREFS_MOUNT, CAPTUREFS_WRITER_PID)")
+                    ->type_name("CMD");
+  mount->add_option("--exec-glob", m.exec_globs,
+                    "Only files whose path in the mount matches GLOB (fnmatch, '*' matches '/'); repeatable")
+      ->type_name("GLOB")
+      ->needs(exec);
+  mount->add_option("--exec-jobs", m.exec_jobs, "At most N commands at once (default: the number of CPUs)")
+      ->type_name("N")
+      ->check(CLI::Range(1U, 4096U))
+      ->needs(exec);
   mount->footer(kMountFooter);
 
   std::string umount_point;
@@ -179,6 +233,9 @@ int tool_main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
+    m.exec_given = exec->count() > 0;
+    if (m.exec_given && m.exec.find_first_not_of(" \t\n") == std::string::npos)
+      throw CLI::ValidationError("--exec", "the command is empty");
     if (*mount) return run_mount(m);
     if (*umount) return run_umount(umount_point, lazy);
   } catch (const CLI::ParseError& e) {

@@ -121,8 +121,9 @@ void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, b
     Pull p = s->pull(opt_.chunk);
     if (p.kind == Pull::Kind::Nothing) return;
     if (p.kind == Pull::Kind::Closed) {
-      guarded("close", [&] { sink_->on_close(id, p.end); });
+      // Finish first, so that the name is gone when the sink hears the end.
       if (p.finished) finish(id, s);
+      guarded("close", [&] { sink_->on_close(id, p.end); });
       return;
     }
     guarded("data", [&] { sink_->on_data(id, p.offset, p.bytes); });

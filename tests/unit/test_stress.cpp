@@ -192,7 +192,7 @@ TEST(Stress, NamespaceChurnDuringIO) {
       auto w = writer(v, "s" + k, churn);
       // The pipes may hold all the memory: this write may park, and then
       // completes (discarded) when the stream is unlinked below.
-      int write_done = 0;
+      std::atomic<int> write_done{0};  // the callback may run on a pipe's thread
       auto wr = v.write(*w, 0, as_bytes("churn"), 0, [&](Result<std::size_t> r) {
         EXPECT_EQ(r.value(), 5u);
         ++write_done;
@@ -222,7 +222,7 @@ TEST(Stress, NamespaceChurnDuringIO) {
       (void)v.list(kRootIno);
       (void)v.statfs();
       ASSERT_TRUE(v.unlink(churn, "e" + k));
-      EXPECT_EQ(write_done, 1);
+      EXPECT_EQ(write_done.load(), 1);
       v.release(std::move(w));
       ++rounds;
     }
