@@ -145,27 +145,23 @@ bool Subscription::has_room() {
   return opt_.max_active == 0 || active_.size() < opt_.max_active;
 }
 
+std::shared_ptr<Stream> Subscription::stream_of(std::uint64_t id) {
+  std::lock_guard lk(mu_);
+  auto it = active_.find(id);
+  return it == active_.end() ? nullptr : it->second.stream;
+}
+
 void Subscription::abort(std::uint64_t id, std::string reason, int write_errno) {
-  std::shared_ptr<Stream> s;
-  {
-    std::lock_guard lk(mu_);
-    auto it = active_.find(id);
-    if (it == active_.end()) return;
-    s = it->second.stream;
-  }
+  const std::shared_ptr<Stream> s = stream_of(id);
+  if (!s) return;
   Effects fx;
   s->abort(std::move(reason), write_errno, fx);
   settle(std::move(fx));  // wakes the stream: its delivery thread sends on_close
 }
 
 void Subscription::ack(std::uint64_t id, std::uint64_t upto) {
-  std::shared_ptr<Stream> s;
-  {
-    std::lock_guard lk(mu_);
-    auto it = active_.find(id);
-    if (it == active_.end()) return;
-    s = it->second.stream;
-  }
+  const std::shared_ptr<Stream> s = stream_of(id);
+  if (!s) return;
   Effects fx;
   const bool done = s->ack(upto, fx);
   settle(std::move(fx));

@@ -91,6 +91,7 @@ class Subscription : public PushTarget, public std::enable_shared_from_this<Subs
   void deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, bool opened,
                const StreamInfo& info, bool* more);
   void finish(std::uint64_t id, const std::shared_ptr<Stream>& s);
+  std::shared_ptr<Stream> stream_of(std::uint64_t id);
 
   Volume& vol_;
   const PathFilter filter_;

@@ -263,28 +263,26 @@ Result<Attr> Volume::setattr(Ino ino, const SetAttr& sa) {
   return out;
 }
 
-Result<Attr> Volume::mkdir(Ino parent, std::string_view name, std::uint32_t mode,
-                           const Caller& who) {
+Result<Attr> Volume::make(Ino parent, std::string_view name, Kind kind, std::uint32_t mode,
+                          const Caller& who) {
   if (auto st = check_name(name); !st) return Errno{st.error()};
   std::lock_guard lk(tree_mu_);
   auto d = dir(parent);
   if (!d) return Errno{d.error()};
   if ((*d)->children.contains(name)) return Errno{EEXIST};
-  NodePtr n = add_node(**d, name, Kind::Directory, mode, who);
+  NodePtr n = add_node(**d, name, kind, mode, who);
   ++n->nlookup;
   return attr_of(*n);
 }
 
+Result<Attr> Volume::mkdir(Ino parent, std::string_view name, std::uint32_t mode,
+                           const Caller& who) {
+  return make(parent, name, Kind::Directory, mode, who);
+}
+
 Result<Attr> Volume::mknod(Ino parent, std::string_view name, std::uint32_t mode,
                            const Caller& who) {
-  if (auto st = check_name(name); !st) return Errno{st.error()};
-  std::lock_guard lk(tree_mu_);
-  auto d = dir(parent);
-  if (!d) return Errno{d.error()};
-  if ((*d)->children.contains(name)) return Errno{EEXIST};
-  NodePtr n = add_node(**d, name, Kind::Stream, mode, who);
-  ++n->nlookup;
-  return attr_of(*n);  // offered to subscribers once a writer opens it
+  return make(parent, name, Kind::Stream, mode, who);  // offered to consumers once a writer opens it
 }
 
 Status Volume::unlink(Ino parent, std::string_view name) {

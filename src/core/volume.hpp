@@ -152,6 +152,8 @@ class Volume {
   static Status check_name(std::string_view name);
   std::string path_locked(const Node& n) const;
   // Offers an unconsumed stream to the subscriptions (round-robin).
+  Result<Attr> make(Ino parent, std::string_view name, Kind kind, std::uint32_t mode,
+                    const Caller& who);
   void assign(Node& n, Effects& fx);
   void offer_waiting(Effects& fx);
 

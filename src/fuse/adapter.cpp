@@ -270,41 +270,48 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   });
 }
 
+// An operation's result, sent by `send` (failures as their errno).
+template <class T, class Send>
+void send_result(Reply& r, const Result<T>& res, Send send) {
+  if (!res) return r.err(res.error());
+  send(r, res.value());
+}
+
+// The completion of a parked operation: answers the raw request later.
+template <class T, class Send>
+std::function<void(Result<T>)> later(fuse_req_t req, Send send) {
+  return [req, send](Result<T> res) {
+    Reply late(req);
+    send_result(late, res, send);
+  };
+}
+
+template <class T, class Send>
+void answer_or_park(Reply& r, const core::Outcome<T>& out, Send send) {
+  if (std::holds_alternative<core::Parked>(out)) return arm(r.release());
+  send_result(r, std::get<0>(out), send);
+}
+
+constexpr auto send_bytes = [](Reply& r, std::span<const std::byte> b) { r.buf(b); };
+constexpr auto send_count = [](Reply& r, std::size_t n) { r.write(n); };
+
 void op_read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_info* fi) {
   checked(req, "read", [&](Reply& r) {
-    auto out = vol(req).read(handle(fi), static_cast<std::uint64_t>(off), size, key_of(req),
-                             [req](Result<std::span<const std::byte>> res) {
-                               Reply late(req);
-                               if (!res) return late.err(res.error());
-                               late.buf(res.value());
-                             });
-    if (std::holds_alternative<core::Parked>(out)) {
-      arm(r.release());
-      return;
-    }
-    auto& res = std::get<0>(out);
-    if (!res) return r.err(res.error());
-    r.buf(res.value());
+    answer_or_park(r,
+                   vol(req).read(handle(fi), static_cast<std::uint64_t>(off), size, key_of(req),
+                                 later<std::span<const std::byte>>(req, send_bytes)),
+                   send_bytes);
   });
 }
 
 void op_write(fuse_req_t req, fuse_ino_t /*ino*/, const char* buf, size_t size, off_t off,
               fuse_file_info* fi) {
   checked(req, "write", [&](Reply& r) {
-    auto out = vol(req).write(handle(fi), static_cast<std::uint64_t>(off),
-                              {reinterpret_cast<const std::byte*>(buf), size}, key_of(req),
-                              [req](Result<std::size_t> res) {
-                                Reply late(req);
-                                if (!res) return late.err(res.error());
-                                late.write(res.value());
-                              });
-    if (std::holds_alternative<core::Parked>(out)) {
-      arm(r.release());
-      return;
-    }
-    auto& res = std::get<0>(out);
-    if (!res) return r.err(res.error());
-    r.write(res.value());
+    answer_or_park(r,
+                   vol(req).write(handle(fi), static_cast<std::uint64_t>(off),
+                                  {reinterpret_cast<const std::byte*>(buf), size}, key_of(req),
+                                  later<std::size_t>(req, send_count)),
+                   send_count);
   });
 }
 
