@@ -55,4 +55,26 @@ class Sink {
   virtual void on_close(std::uint64_t id, const StreamEnd& end) = 0;
 };
 
+/// \brief Sees stream events without consuming anything (`capturefs
+/// watch`). Called after the change, with no core lock held, from the thread
+/// that made it (a FUSE worker or a delivery thread): must not block.
+class Observer {
+ public:
+  virtual ~Observer() = default;
+  virtual void created(const StreamInfo& info) = 0;
+  virtual void renamed(std::uint64_t id, const std::string& path) = 0;
+  /// The stream is gone: delivered (complete), or unlinked / aborted.
+  virtual void ended(std::uint64_t id, const StreamEnd& end) = 0;
+};
+
+/// \brief One live stream, for `capturefs status`.
+struct StreamStats {
+  StreamInfo info;
+  std::uint64_t written = 0;    ///< bytes written so far
+  std::uint64_t delivered = 0;  ///< bytes handed to consumers
+  std::uint64_t rate = 0;       ///< bytes/s written since the previous snapshot (>= 1 s ago)
+  int writers = 0;
+  bool consumer = false;        ///< a reader or a push consumer has it
+};
+
 }  // namespace capturefs::core

@@ -458,6 +458,25 @@ Status Stream::truncate(std::uint64_t size, Effects& fx) {
   return Ok{};
 }
 
+void Stream::stats(StreamStats* out, timespec t) {
+  std::lock_guard lk(mu_);
+  out->written = end();
+  out->delivered = delivered_;
+  out->writers = writers_;
+  out->consumer = reader_ || push_ != nullptr;
+  const double dt = static_cast<double>(t.tv_sec - rate_time_.tv_sec) +
+                    static_cast<double>(t.tv_nsec - rate_time_.tv_nsec) / 1e9;
+  if (rate_time_.tv_sec == 0) {
+    rate_time_ = t;
+    rate_bytes_ = end();
+  } else if (dt >= 1.0) {
+    rate_ = static_cast<std::uint64_t>(static_cast<double>(end() - rate_bytes_) / dt);
+    rate_time_ = t;
+    rate_bytes_ = end();
+  }
+  out->rate = rate_;
+}
+
 Attr Stream::attr(Ino ino) const {
   std::lock_guard lk(mu_);
   Attr a;

@@ -137,6 +137,8 @@ class Stream : public std::enable_shared_from_this<Stream> {
   /// nothing was consumed (drops buffered bytes). Otherwise EINVAL.
   Status truncate(std::uint64_t size, Effects& fx);
 
+  /// \brief Counters for a status listing (updates the rate sample).
+  void stats(StreamStats* out, timespec now);
   Attr attr(Ino ino) const;
   void set_meta(const SetAttr& sa);
   bool delivered() const;
@@ -198,6 +200,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
   bool wake_pending_ = false;  // a wake is on its way; cleared by pull()
   bool close_sent_ = false;    // pull() handed out the end
   std::string abort_reason_;
+  std::uint64_t rate_bytes_ = 0;  // end() at the last rate sample
+  timespec rate_time_{};          // when it was taken
+  std::uint64_t rate_ = 0;
   int abort_errno_ = 0;  // what writes get once aborted (0: discarded)
   Meta meta_;
   std::deque<PendingWrite> writes_;

@@ -59,6 +59,42 @@ std::string Volume::path_of(Ino ino) {
   return n ? path_locked(*n) : std::string();
 }
 
+StreamInfo Volume::info_of(const Node& n) const {
+  StreamInfo info;
+  info.id = n.ino;
+  info.path = path_locked(n);
+  info.writer_pid = n.creator_pid;
+  info.writer_uid = n.creator_uid;
+  info.created = n.created;
+  return info;
+}
+
+void Volume::observe(std::shared_ptr<Observer> o) {
+  std::lock_guard lk(tree_mu_);
+  observers_.push_back(std::move(o));
+}
+
+void Volume::unobserve(const Observer* o) {
+  std::lock_guard lk(tree_mu_);
+  std::erase_if(observers_, [o](const std::shared_ptr<Observer>& x) { return x.get() == o; });
+}
+
+std::vector<StreamStats> Volume::snapshot() {
+  const timespec t = now();
+  std::vector<StreamStats> out;
+  std::lock_guard lk(tree_mu_);
+  for (const auto& [ino, n] : nodes_) {
+    if (!n->stream || !n->linked) continue;
+    StreamStats st;
+    st.info = info_of(*n);
+    n->stream->stats(&st, t);
+    out.push_back(std::move(st));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const StreamStats& a, const StreamStats& b) { return a.info.id < b.info.id; });
+  return out;
+}
+
 void Volume::assign(Node& n, Effects& fx) {
   if (subs_.empty() || !n.stream || !n.linked) return;
   const std::string path = path_locked(n);
@@ -68,12 +104,7 @@ void Volume::assign(Node& n, Effects& fx) {
     if (!sub->matches(path) || !sub->has_room()) continue;
     auto start = n.stream->attach_push(n.ino, sub, sub->window(), fx);
     if (!start) return;  // taken meanwhile
-    StreamInfo info;
-    info.id = n.ino;
-    info.path = path;
-    info.writer_pid = n.creator_pid;
-    info.writer_uid = n.creator_uid;
-    info.created = n.created;
+    StreamInfo info = info_of(n);
     info.start_offset = *start;
     sub->adopt(n.stream, info);
     next_sub_ = k + 1;
@@ -118,7 +149,7 @@ void Volume::push_finished(std::uint64_t id, const std::shared_ptr<Stream>& s) {
     // The name goes first, while the consumer is still attached: a stream
     // that is named and has no consumer would be offered again.
     if (n && n->linked && n->stream == s) {
-      if (NodePtr p = find(n->parent)) detach(*p, *n, fx);
+      if (NodePtr p = find(n->parent)) detach(*p, *n, fx, /*delivered=*/true);
     }
     s->detach_push(fx);
     // A subscription with a limit on active streams may take more now.
@@ -198,7 +229,14 @@ Volume::NodePtr Volume::add_node(Node& parent, std::string_view name, Kind kind,
   return n;
 }
 
-void Volume::detach(Node& parent, Node& n, Effects& fx) {
+void Volume::detach(Node& parent, Node& n, Effects& fx, bool delivered) {
+  if (n.stream && !observers_.empty()) {
+    StreamEnd end;
+    end.total = n.stream->attr(n.ino).size;
+    end.complete = delivered;
+    if (!delivered) end.reason = "unlinked";
+    notify(fx, [id = n.ino, end](Observer& o) { o.ended(id, end); });
+  }
   parent.children.erase(n.name);
   if (n.kind == Kind::Directory) --parent.subdirs;
   parent.meta.mtime = parent.meta.ctime = now();
@@ -374,6 +412,10 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
       dp.children.emplace(src.name, src.ino);
       if (src.stream && !src.stream->has_consumer()) assign(src, fx);
     }
+    for (Node* moved : {&src, dst.get()}) {
+      if (moved && moved->linked && moved->stream)
+        notify(fx, [id = moved->ino, p = path_locked(*moved)](Observer& o) { o.renamed(id, p); });
+    }
     sp.meta.mtime = sp.meta.ctime = dp.meta.mtime = dp.meta.ctime = now();
   }
   settle(std::move(fx));
@@ -426,6 +468,7 @@ Result<Volume::Created> Volume::create(Ino parent, std::string_view name, std::u
       }
     } else {
       n = add_node(**d, name, Kind::Stream, mode, who);
+      notify(fx, [info = info_of(*n)](Observer& o) { o.created(info); });
     }
     auto h = std::make_unique<Handle>();
     h->ino = n->ino;
@@ -481,7 +524,7 @@ void Volume::flush(Handle& h) {
     std::lock_guard lk(tree_mu_);
     NodePtr n = find(h.ino);
     if (n && n->linked && n->stream == h.stream && n->stream->fully_read()) {
-      if (NodePtr p = find(n->parent)) detach(*p, *n, fx);
+      if (NodePtr p = find(n->parent)) detach(*p, *n, fx, /*delivered=*/true);
     }
   }
   settle(std::move(fx));
@@ -493,7 +536,7 @@ void Volume::release(std::unique_ptr<Handle> h) {
     std::lock_guard lk(tree_mu_);
     NodePtr n = find(h->ino);
     if (n && n->linked && n->stream == h->stream && n->stream->delivered()) {
-      if (NodePtr p = find(n->parent)) detach(*p, *n, fx);
+      if (NodePtr p = find(n->parent)) detach(*p, *n, fx, /*delivered=*/true);
     }
   } else if (h->role == Role::Reader) {
     // A reader that left early: a subscriber may take the rest.

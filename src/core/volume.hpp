@@ -112,6 +112,12 @@ class Volume {
   /// the result to stop.
   std::shared_ptr<Subscription> subscribe(PathFilter filter, std::shared_ptr<Sink> sink,
                                           SubscriptionOptions opt = {});
+  /// \brief Registers an observer of stream events (until unobserve()).
+  void observe(std::shared_ptr<Observer> o);
+  void unobserve(const Observer* o);
+  /// \brief Every live stream that has a name, oldest first.
+  std::vector<StreamStats> snapshot();
+
   /// \brief Path of a node relative to the mount ("" for the root).
   std::string path_of(Ino ino);
 
@@ -147,7 +153,9 @@ class Volume {
   Attr attr_of(const Node& n) const;
   NodePtr add_node(Node& parent, std::string_view name, Kind kind, std::uint32_t mode,
                    const Caller& who);
-  void detach(Node& parent, Node& n, Effects& fx);
+  // Removes n's name; `delivered`: because its consumer has it all (else
+  // it was unlinked).
+  void detach(Node& parent, Node& n, Effects& fx, bool delivered = false);
   void maybe_drop(const Node& n);
   static Status check_name(std::string_view name);
   std::string path_locked(const Node& n) const;
@@ -156,6 +164,12 @@ class Volume {
                     const Caller& who);
   void assign(Node& n, Effects& fx);
   void offer_waiting(Effects& fx);
+  StreamInfo info_of(const Node& n) const;
+  // Queues observer calls, run once the tree lock is released.
+  template <class F>
+  void notify(Effects& fx, F f) {
+    for (const auto& o : observers_) fx.calls.emplace_back([o, f] { f(*o); });
+  }
 
   const Limits limits_;
   Budget budget_;
@@ -166,6 +180,7 @@ class Volume {
   Ino next_ino_ = kRootIno + 1;
   std::vector<std::shared_ptr<Subscription>> subs_;  // guarded by tree_mu_
   std::size_t next_sub_ = 0;                          // round-robin cursor
+  std::vector<std::shared_ptr<Observer>> observers_;  // guarded by tree_mu_
 };
 
 }  // namespace capturefs::core

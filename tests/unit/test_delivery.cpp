@@ -260,6 +260,51 @@ TEST(Delivery, UnlinkDuringDeliveryAbortsWithAReason) {
   EXPECT_EQ(v.memory_used(), 0u);
 }
 
+class Watcher : public core::Observer {
+ public:
+  std::vector<std::string> events;
+  void created(const StreamInfo& i) override { add("created " + i.path); }
+  void renamed(std::uint64_t, const std::string& p) override { add("renamed " + p); }
+  void ended(std::uint64_t, const StreamEnd& e) override {
+    add(std::string("ended ") + (e.complete ? "complete " : "aborted ") + std::to_string(e.total));
+  }
+
+ private:
+  std::mutex mu_;
+  void add(std::string e) {
+    std::lock_guard lk(mu_);
+    events.push_back(std::move(e));
+  }
+};
+
+TEST(Delivery, ObserversSeeEventsWithoutConsumingAndSnapshotListsStreams) {
+  Volume v(Limits{});
+  auto w = std::make_shared<Watcher>();
+  v.observe(w);
+  auto h = writer(v, "tmp");
+  ASSERT_TRUE(write_now(v, *h, 0, "12345").ok());
+  auto snap = v.snapshot();
+  ASSERT_EQ(snap.size(), 1u);
+  EXPECT_EQ(snap[0].info.path, "tmp");
+  EXPECT_EQ(snap[0].written, 5u);
+  EXPECT_EQ(snap[0].delivered, 0u);
+  EXPECT_EQ(snap[0].writers, 1);
+  EXPECT_FALSE(snap[0].consumer);
+  ASSERT_TRUE(v.rename(kRootIno, "tmp", kRootIno, "final", 0).ok());
+  v.release(std::move(h));
+  Consumer r = reader(v, "final");  // the observer did not take it
+  EXPECT_EQ(read_now(v, r, 100).value(), "12345");
+  EXPECT_EQ(read_now(v, r, 100).value(), "");  // EOF
+  v.release(std::move(r));
+  auto x = writer(v, "doomed");
+  ASSERT_TRUE(v.unlink(kRootIno, "doomed").ok());
+  v.release(std::move(x));
+  v.unobserve(w.get());
+  EXPECT_EQ(w->events, (std::vector<std::string>{"created tmp", "renamed final", "ended complete 5",
+                                                 "created doomed", "ended aborted 0"}));
+  EXPECT_TRUE(v.snapshot().empty());
+}
+
 TEST(Delivery, GlobStarMatchesAcrossDirectories) {
   auto f = core::glob_filter({"*.tbl", "exact/name"});
   EXPECT_TRUE(f("hits.tbl"));
