@@ -142,8 +142,8 @@ struct StreamStatus {
   std::uint32_t uid = 0;
   std::int64_t time_ns = 0;
   std::uint64_t written = 0;    ///< bytes written so far
-  std::uint64_t delivered = 0;  ///< bytes acknowledged or read by consumers
-  std::uint64_t rate = 0;       ///< bytes/s written, recent average
+  std::uint64_t delivered = 0;  ///< bytes handed to consumers (socket or read)
+  std::uint64_t rate = 0;       ///< bytes/s written recently
   StreamState state = StreamState::writing;
   std::string path;
   friend bool operator==(const StreamStatus&, const StreamStatus&) = default;
