@@ -183,6 +183,18 @@ if ((compiled && run_normal)); then
   build_and_test "normal" build -- -Dwerror=true
 fi
 
+# The benchmark harness, as a smoke check that it still runs (tiny sizes;
+# the numbers mean nothing here and are not judged).
+if ((compiled && run_normal)); then
+  header "bench --quick (smoke)"
+  if scripts/bench --quick --no-build > /tmp/capturefs-bench-quick.log 2>&1; then
+    record "bench --quick" ok
+  else
+    tail -n 30 /tmp/capturefs-bench-quick.log
+    record "bench --quick" FAILED
+  fi
+fi
+
 # A failing test in the normal build does not stop the sanitizer run (its
 # reports help); a build that does not compile does.
 if ((run_asan && !compiled)); then

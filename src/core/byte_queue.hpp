@@ -5,7 +5,7 @@
 // overwritten in place (patches). Memory is accounted by block *capacity*,
 // not by bytes held, so the figure the budget sees is what the allocator
 // really handed out. Blocks grow geometrically per queue (4 KiB up to
-// 256 KiB) so that thousands of small streams stay small while one large
+// 64 KiB) so that thousands of small streams stay small while one large
 // stream does few allocations. A drained block is freed at once, so an idle
 // stream holds no memory.
 //
@@ -23,7 +23,10 @@ namespace capturefs::core {
 class ByteQueue {
  public:
   static constexpr std::size_t kMinBlock = 4 * 1024;
-  static constexpr std::size_t kMaxBlock = 256 * 1024;
+  // Growth stops here: a small write after a large one (a 1 MiB write from
+  // an unaligned buffer reaches us as 1 MiB - 16 B and 16 B) must not cost a
+  // large block. A single large append still gets one block of its size.
+  static constexpr std::size_t kMaxBlock = 64 * 1024;
 
   /// \brief Bytes held (not yet consumed).
   std::size_t size() const { return size_; }

@@ -180,10 +180,11 @@ void Stream::progress(Effects& fx) {
       const Serve what = prepare_read(rd.pos, rd.size, &n, fx);
       if (what == Serve::Wait) break;
       if (what == Serve::Data) {
-        std::vector<std::byte> v(n);
-        queue_.peek(rd.pos - base_, v);
-        fx.calls.emplace_back([done = std::move(rd.done), v = std::move(v)] {
-          done(std::span<const std::byte>(v));
+        // Not zero-filled: peek() overwrites all n bytes.
+        std::shared_ptr<std::byte[]> v = std::make_shared_for_overwrite<std::byte[]>(n);
+        queue_.peek(rd.pos - base_, {v.get(), n});
+        fx.calls.emplace_back([done = std::move(rd.done), v = std::move(v), n] {
+          done(std::span<const std::byte>(v.get(), n));
         });
       } else if (what == Serve::Eof) {
         fx.calls.emplace_back([done = std::move(rd.done)] { done(std::span<const std::byte>{}); });

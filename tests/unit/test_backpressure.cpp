@@ -170,7 +170,7 @@ TEST(Backpressure, WriteParkedOnTheGlobalCapResumesWhenAnotherStreamDrains) {
   auto wb = writer(v, "b");
   auto ra = reader(v, "a", kRootIno, O_NONBLOCK);
   auto rb = reader(v, "b", kRootIno, O_NONBLOCK);
-  // Stream a: 15 x 64 KiB fill exactly blocks of 64K+128K+256K+256K+256K.
+  // Stream a: 15 x 64 KiB fill exactly fifteen 64 KiB blocks.
   std::uint64_t a_written = 0;
   for (int i = 0; i < 15; ++i) {
     const auto data = pattern_bytes(10, a_written, kChunk);

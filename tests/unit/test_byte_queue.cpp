@@ -57,7 +57,7 @@ TEST(ByteQueue, AppendPopOrderAcrossManyBlocks) {
   std::uint64_t written = 0;
   std::size_t allocated = 0;
   std::mt19937 rng(1);
-  // ~3 MiB in pieces of varying size: spans many 4 KiB..256 KiB blocks.
+  // ~3 MiB in pieces of varying size: spans many 4 KiB..64 KiB blocks.
   while (written < 3 * 1024 * 1024) {
     const std::size_t n = std::uniform_int_distribution<std::size_t>(1, 50000)(rng);
     const std::size_t before = q.capacity();
@@ -96,9 +96,9 @@ TEST(ByteQueue, BlocksGrowGeometricallyUpToTheMaximum) {
     held = q.capacity();
     ASSERT_EQ(q.size(), held);
   }
-  const std::vector<std::size_t> expect = {4 * 1024,   8 * 1024,   16 * 1024,
-                                           32 * 1024,  64 * 1024,  128 * 1024,
-                                           256 * 1024, 256 * 1024, 256 * 1024};
+  const std::vector<std::size_t> expect = {4 * 1024,  8 * 1024,  16 * 1024,
+                                           32 * 1024, 64 * 1024, 64 * 1024,
+                                           64 * 1024, 64 * 1024, 64 * 1024};
   EXPECT_EQ(steps, expect);
 }
 
