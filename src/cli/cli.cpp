@@ -12,10 +12,13 @@
 #include <vector>
 
 #include "capturefs/capturefs.hpp"
+#include "cli/clients.hpp"
 #include "cli/exec.hpp"
 #include "core/log.hpp"
 #include "core/size.hpp"
+#include "lib/internal.hpp"
 #include "lib/preflight.hpp"
+#include "server/server.hpp"
 
 extern char** environ;
 
@@ -73,6 +76,7 @@ struct MountArgs {
   unsigned threads = 16;
   std::string exec;
   std::vector<std::string> exec_globs;
+  std::string socket;  // --socket PATH: serve docs/protocol.md there
   unsigned exec_jobs = 0;  // 0: the number of CPUs
   bool exec_given = false;
 };
@@ -109,6 +113,16 @@ int run_mount(const MountArgs& a) {
     log::error("--max-memory and --max-stream must be at least 2M");
     return 2;
   }
+  // The socket first: a path in use fails the mount before anything is mounted.
+  std::unique_ptr<server::Listener> listener;
+  if (!a.socket.empty()) {
+    std::string error;
+    listener = server::Listener::open(a.socket, &error);
+    if (!listener) {
+      log::error("cannot mount {}: --socket: {}", a.mountpoint, error);
+      return 1;
+    }
+  }
   std::unique_ptr<Mount> m;
   try {
     m = std::make_unique<Mount>(opt, /*serve_now=*/false);
@@ -139,6 +153,13 @@ int run_mount(const MountArgs& a) {
     }
     log::info("exec: running '{}' for {}, at most {} at once", log_quote(eo.command), which, runner->jobs());
   }
+  // After daemonize() too (threads). Declared after m: destroyed first.
+  std::unique_ptr<server::Server> srv;
+  if (listener) {
+    srv = std::make_unique<server::Server>(detail::MountAccess::volume(*m), std::move(listener));
+    srv->start();
+    log::info("socket: serving {}", srv->path());
+  }
   if (a.ready_fd >= 0) {
     static constexpr char kReady[] = "ready\n";
     (void)!::write(a.ready_fd, kReady, sizeof kReady - 1);
@@ -146,6 +167,16 @@ int run_mount(const MountArgs& a) {
   }
   const int rc = m->serve();
   const std::string mp = m->mountpoint();
+  // Before unmounting: the unmount releases the handles of writers still
+  // open, which would end their streams as if complete.
+  if (runner) runner->stop_feeding();
+  if (srv) {
+    // Before unmounting: the unmount releases the writers' handles, and a
+    // consumer would then be told that a stream cut short is complete.
+    // Consumers get CLOSED "shutdown" and ERROR shutdown instead.
+    srv->stop();  // removes the socket path, ends every connection (quick)
+    srv.reset();
+  }
   if (runner) {
     // Unmount first (the volume stays), so that nothing touching the mount
     // hangs while the commands are stopped and waited for.
@@ -222,6 +253,10 @@ int tool_main(int argc, char** argv) {
       ->type_name("N")
       ->check(CLI::Range(1U, 4096U))
       ->needs(exec);
+  mount->add_option("--socket", m.socket,
+                    "Serve socket delivery (docs/protocol.md) on a Unix socket at PATH (mode 0600; "
+                    "for `capturefs cat/watch/status` and the Python client)")
+      ->type_name("PATH");
   mount->footer(kMountFooter);
 
   std::string umount_point;
@@ -231,6 +266,39 @@ int tool_main(int argc, char** argv) {
   umount->add_option("MOUNTPOINT", umount_point, "The mounted directory")->required();
   umount->add_flag("-z,--lazy", lazy, "Detach now even if files are still open");
 
+  // Socket clients (the daemon must run with --socket PATH).
+  constexpr const char* kSocketHelp = "The daemon's socket (mount --socket PATH); default: $CAPTUREFS_SOCKET";
+  CatArgs cat_args;
+  auto* cat = app.add_subcommand("cat", "Write one stream's bytes to stdout, taking it through the socket");
+  cat->add_option("-s,--socket", cat_args.socket, kSocketHelp)->envname("CAPTUREFS_SOCKET")->required()
+      ->type_name("PATH");
+  cat->add_flag("-w,--wait", cat_args.wait, "Wait for NAME to appear (default: fail at once if it does not exist)");
+  cat->add_option("NAME", cat_args.name, "The stream's path relative to the mount root")->required();
+  cat->footer("\nExits 0 once the stream is complete; 1 (with a message) if it was aborted, does not exist,\n"
+              "or another consumer has it. The bytes are acknowledged as they are written to stdout;\n"
+              "if cat dies, the rest goes to the next consumer.");
+
+  WatchArgs watch_args;
+  auto* watch = app.add_subcommand("watch", "Print one JSON line per stream event");
+  watch->add_option("-s,--socket", watch_args.socket, kSocketHelp)->envname("CAPTUREFS_SOCKET")->required()
+      ->type_name("PATH");
+  watch->add_flag("--observe", watch_args.observe,
+                  "Only watch (opened/renamed/closed); without it, watch consumes the matching streams "
+                  "(and prints a line per data chunk)");
+  watch->add_option("GLOB", watch_args.globs, "Paths to watch (fnmatch, '*' matches '/'); default: *");
+  watch->footer("\nLines: {\"event\":\"opened\",\"id\":1,\"path\":\"build.log\",\"offset\":0,\"pid\":4242,\"uid\":1000,\"time\":\"...Z\"}\n"
+                "       {\"event\":\"data\",\"id\":1,\"offset\":0,\"length\":6}  (without --observe)\n"
+                "       {\"event\":\"renamed\",\"id\":1,\"path\":\"archive/build.log\"}\n"
+                "       {\"event\":\"closed\",\"id\":1,\"path\":\"...\",\"total\":6,\"status\":\"complete\"}\n"
+                "Control characters are escaped; a byte that is not valid UTF-8 is written as \\u00XX,\n"
+                "and such a path also comes exactly as \"path_base64\".");
+
+  StatusArgs status_args;
+  auto* status = app.add_subcommand("status", "List every live stream: writer, bytes written and delivered, rate, state");
+  status->add_option("-s,--socket", status_args.socket, kSocketHelp)->envname("CAPTUREFS_SOCKET")->required()
+      ->type_name("PATH");
+  status->add_flag("--json", status_args.json, "One JSON object per line instead of a table");
+
   try {
     app.parse(argc, argv);
     m.exec_given = exec->count() > 0;
@@ -238,6 +306,9 @@ int tool_main(int argc, char** argv) {
       throw CLI::ValidationError("--exec", "the command is empty");
     if (*mount) return run_mount(m);
     if (*umount) return run_umount(umount_point, lazy);
+    if (*cat) return run_cat(cat_args);
+    if (*watch) return run_watch(watch_args);
+    if (*status) return run_status(status_args);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }

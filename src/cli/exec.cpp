@@ -148,9 +148,9 @@ std::uint64_t ExecHistory::failed() const {
 
 // ---- ExecRunner -----------------------------------------------------------------
 
-// One command and its stream. Touched only by that stream's callbacks (which
-// never overlap), and by stop() once the delivery threads are joined; `bytes`
-// is also read by running().
+// One command and its stream. While in jobs_, touched only by that stream's
+// callbacks (which never overlap); then by the reaper thread, which gets it
+// through mu_. `bytes` is also read by running().
 struct ExecRunner::Job {
   std::uint64_t id = 0;
   std::string path;
@@ -161,14 +161,34 @@ struct ExecRunner::Job {
   timespec started{};
   int status = -1;
   bool reaped = false;
-  bool aborted = false;  // we gave up on the stream (AbortStream)
-  bool closed = false;   // on_close was seen
-  bool complete = false; // ... with the whole stream
+  bool aborted = false;   // we gave up on the stream (AbortStream)
+  bool closed = false;    // on_close was seen
+  bool complete = false;  // ... with the whole stream
   std::string note;
 
   ~Job() {
     close_fd(pipe_w);
     close_fd(pidfd);
+  }
+  // waitpid without blocking: true once reaped.
+  bool try_reap() {
+    if (reaped) return true;
+    for (;;) {
+      int st = 0;
+      const pid_t r = ::waitpid(pid, &st, WNOHANG);
+      if (r == pid) {
+        status = st;
+        reaped = true;
+        return true;
+      }
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) {  // ECHILD: reaped elsewhere (an embedding program's SIGCHLD handler)
+        if (note.empty()) note = "exit status unknown: " + errno_text(errno);
+        reaped = true;
+        return true;
+      }
+      return false;
+    }
   }
 };
 
@@ -197,8 +217,13 @@ ExecRunner::ExecRunner(Mount& mount, ExecOptions opt)
   }
 
   stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (stop_fd_ < 0) throw std::system_error(errno, std::generic_category(), "--exec: eventfd");
-
+  reap_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (stop_fd_ < 0 || reap_fd_ < 0) {
+    const int err = errno;
+    close_fd(stop_fd_);
+    close_fd(reap_fd_);
+    throw std::system_error(err, std::generic_category(), "--exec: eventfd");
+  }
   Callbacks cb;
   cb.on_open = [this](const StreamOpen& o) { on_open(o); };
   cb.on_data = [this](const Chunk& c) { on_data(c); };
@@ -211,14 +236,29 @@ ExecRunner::ExecRunner(Mount& mount, ExecOptions opt)
   cb.on_close = [this](const StreamClose& e) { on_close(e); };
   ConsumeOptions co;
   co.globs = opt_.globs;
-  co.threads = max_jobs_;     // a command blocking its pipe holds only its own thread
-  co.max_active = max_jobs_;  // at most max_jobs_ commands; more streams wait their turn
-  consumer_ = mount.consume(std::move(cb), std::move(co));
+  co.threads = max_jobs_;     // see the header: enough for every blocked callback
+  co.max_active = max_jobs_;  // more streams wait their turn in the core
+
+  reaper_ = std::thread([this] { reap_loop(); });
+  try {
+    consumer_ = mount.consume(std::move(cb), std::move(co));
+  } catch (...) {
+    stop();  // joins the reaper
+    close_fd(stop_fd_);
+    close_fd(reap_fd_);
+    throw;
+  }
 }
 
 ExecRunner::~ExecRunner() {
   stop();
   close_fd(stop_fd_);
+  close_fd(reap_fd_);
+}
+
+void ExecRunner::wake(int fd) {
+  const std::uint64_t one = 1;
+  (void)!::write(fd, &one, sizeof one);
 }
 
 std::shared_ptr<ExecRunner::Job> ExecRunner::find(std::uint64_t id) const {
@@ -230,32 +270,47 @@ std::shared_ptr<ExecRunner::Job> ExecRunner::find(std::uint64_t id) const {
 std::vector<ExecRunning> ExecRunner::running() const {
   std::vector<ExecRunning> out;
   std::lock_guard lk(mu_);
-  for (const auto& [id, j] : jobs_) {
-    out.push_back(ExecRunning{id, j->path, j->pid, j->bytes.load(std::memory_order_relaxed), j->started});
-  }
+  auto add = [&](const Job& j) {
+    out.push_back(ExecRunning{j.id, j.path, j.pid, j.bytes.load(std::memory_order_relaxed), j.started});
+  };
+  for (const auto& [id, j] : jobs_) add(*j);
+  for (const auto& j : reaping_) add(*j);
   std::sort(out.begin(), out.end(),
             [](const ExecRunning& a, const ExecRunning& b) { return a.stream_id < b.stream_id; });
   return out;
 }
 
 void ExecRunner::on_open(const StreamOpen& o) {
-  if (stopping_.load()) throw AbortStream("capturefs stopped before the stream was delivered");
-
-  auto j = std::make_shared<Job>();
-  j->id = o.id;
-  j->path = o.path;
-  j->started = now_realtime();
-
-  auto fail = [&](const std::string& what) {
+  const timespec started = now_realtime();
+  auto record_failure = [&](const std::string& what) {
     log::warn("exec '{}': cannot start the command: {}; its writers get EPIPE", log_quote(o.path), what);
     ExecExit x;
     x.stream_id = o.id;
     x.path = o.path;
     x.note = "cannot start the command: " + what;
-    x.started = j->started;
+    x.started = started;
     x.ended = now_realtime();
     history_.add(std::move(x));
-    throw AbortStream(what);
+  };
+  {
+    // A command slot: at most max_jobs_ commands alive (see the header).
+    std::unique_lock lk(mu_);
+    slot_cv_.wait(lk, [&] { return alive_ < max_jobs_ || stopping_.load(); });
+    if (stopping_.load()) throw AbortStream("capturefs stopped before the stream was delivered");
+    ++alive_;
+  }
+  auto j = std::make_shared<Job>();
+  j->id = o.id;
+  j->path = o.path;
+  j->started = started;
+  auto fail = [&](const std::string& what) {
+    {
+      std::lock_guard lk(mu_);
+      --alive_;
+    }
+    slot_cv_.notify_one();
+    record_failure(what);
+    throw AbortStream("cannot start the command: " + what);
   };
 
   int p[2];
@@ -301,8 +356,12 @@ void ExecRunner::on_open(const StreamOpen& o) {
   if (rc != 0) fail(opt_.shell + ": " + errno_text(rc));
 
   j->pid = pid;
-  j->pidfd = pidfd_open(pid);  // -1 on old kernels: waits then poll waitpid
+  j->pidfd = pidfd_open(pid);  // -1 on old kernels: the reaper then polls waitpid
   log::debug("exec '{}': started pid {}", log_quote(o.path), pid);
+  if (o.start_offset != 0) {
+    log::warn("exec '{}': the command gets the file from byte {} on (a reader took the bytes before)",
+              log_quote(o.path), o.start_offset);
+  }
   std::lock_guard lk(mu_);
   jobs_[o.id] = std::move(j);
 }
@@ -346,58 +405,89 @@ void ExecRunner::on_data(const Chunk& c) {
   }
 }
 
-bool ExecRunner::wait_exit(Job& j, bool until_stop, const timespec* deadline) {
-  if (j.reaped) return true;
-  for (;;) {
-    int st = 0;
-    const pid_t r = ::waitpid(j.pid, &st, WNOHANG);
-    if (r == j.pid) {
-      j.status = st;
-      j.reaped = true;
-      return true;
-    }
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {  // ECHILD: reaped elsewhere (a SIGCHLD handler of the embedding program)
-      j.note = j.note.empty() ? "exit status unknown: " + errno_text(errno) : j.note;
-      j.reaped = true;
-      return true;
-    }
-    pollfd fds[2];
-    nfds_t n = 0;
-    int timeout = -1;
-    if (j.pidfd >= 0) fds[n++] = {j.pidfd, POLLIN, 0};
-    else timeout = 20;  // no pidfd: poll waitpid
-    if (until_stop) fds[n++] = {stop_fd_, POLLIN, 0};
-    if (deadline != nullptr) {
-      const int left = ms_until(*deadline);
-      if (left == 0) return false;
-      timeout = timeout < 0 ? left : std::min(timeout, left);
-    }
-    const int pr = ::poll(fds, n, timeout);
-    if (pr < 0 && errno != EINTR) close_fd(j.pidfd);  // fall back to polling waitpid
-    if (until_stop && pr > 0 && (fds[n - 1].revents & POLLIN) != 0) return false;
-  }
-}
-
 void ExecRunner::on_close(const StreamClose& e) {
-  const auto j = find(e.id);
-  if (!j) return;  // the command could not be started (already recorded)
+  std::shared_ptr<Job> j;
+  {
+    std::lock_guard lk(mu_);
+    auto it = jobs_.find(e.id);
+    if (it == jobs_.end()) return;  // the command could not be started (already recorded)
+    j = it->second;
+  }
   j->closed = true;
   j->complete = e.complete;
   if (!e.complete && j->note.empty()) j->note = e.reason;
   close_fd(j->pipe_w);  // EOF for the command
-  // Waiting here keeps the stream's slot (max_active) until the command is
-  // gone: that is what bounds the number of commands. stop() takes over a
-  // wait it interrupts.
-  if (!wait_exit(*j, /*until_stop=*/true, nullptr)) return;
-  finish(j);
+  hand_to_reaper(std::move(j));
+}
+
+void ExecRunner::hand_to_reaper(std::shared_ptr<Job> j) {
+  {
+    std::lock_guard lk(mu_);
+    jobs_.erase(j->id);
+    reaping_.push_back(std::move(j));
+  }
+  wake(reap_fd_);
+}
+
+void ExecRunner::reap_loop() {
+  std::vector<std::shared_ptr<Job>> watch;
+  std::vector<pollfd> fds;
+  for (;;) {
+    bool draining = false;
+    timespec deadline{};
+    {
+      std::lock_guard lk(mu_);
+      watch = reaping_;
+      draining = draining_;
+      deadline = drain_deadline_;
+    }
+    // Reap what has exited.
+    for (auto& j : watch) {
+      if (!j->try_reap()) continue;
+      {
+        std::lock_guard lk(mu_);
+        std::erase(reaping_, j);
+      }
+      finish(j);
+    }
+    std::erase_if(watch, [](const std::shared_ptr<Job>& j) { return j->reaped; });
+    if (draining && watch.empty()) return;
+    if (draining && ms_until(deadline) == 0) {
+      for (auto& j : watch) {
+        {
+          std::lock_guard lk(mu_);
+          std::erase(reaping_, j);
+        }
+        finish(j);  // "still running (pid N)": not waited for any longer
+      }
+      return;
+    }
+    // Sleep until one of them exits, or news.
+    fds.clear();
+    fds.push_back({reap_fd_, POLLIN, 0});
+    int timeout = -1;
+    for (auto& j : watch) {
+      if (j->pidfd >= 0) fds.push_back({j->pidfd, POLLIN, 0});
+      else timeout = 20;  // no pidfd: poll waitpid
+    }
+    if (draining) {
+      const int left = ms_until(deadline);
+      timeout = timeout < 0 ? left : std::min(timeout, left);
+    }
+    if (::poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) {
+      for (auto& j : watch) close_fd(j->pidfd);  // fall back to polling waitpid
+    }
+    std::uint64_t v = 0;
+    (void)!::read(reap_fd_, &v, sizeof v);
+  }
 }
 
 void ExecRunner::finish(const std::shared_ptr<Job>& j) {
   {
     std::lock_guard lk(mu_);
-    jobs_.erase(j->id);
+    --alive_;
   }
+  slot_cv_.notify_one();
   ExecExit x;
   x.stream_id = j->id;
   x.path = j->path;
@@ -410,24 +500,27 @@ void ExecRunner::finish(const std::shared_ptr<Job>& j) {
   x.ended = now_realtime();
 
   std::string msg = fmt::format("exec '{}': {}", log_quote(x.path),
-                                j->reaped ? describe_wait_status(x.status) : "still running (pid " +
-                                                                                  std::to_string(x.pid) + ")");
+                                j->reaped ? describe_wait_status(x.status)
+                                          : "still running (pid " + std::to_string(x.pid) + "), not waited for");
   if (!x.input_complete) msg += fmt::format(" (input incomplete: {})", x.note);
   if (x.ok()) log::info("{}", msg);
   else log::warn("{}", msg);
   history_.add(std::move(x));
 }
 
-void ExecRunner::stop() {
+void ExecRunner::stop_feeding() {
   std::lock_guard stop_lk(stop_mu_);
-  if (stopped_) return;
-  stopped_ = true;
-  stopping_.store(true);
-  const std::uint64_t one = 1;
-  (void)!::write(stop_fd_, &one, sizeof one);  // wakes every poll() above, for good
-  consumer_.close();                            // joins the delivery threads
+  if (feeding_stopped_) return;
+  feeding_stopped_ = true;
+  {
+    std::lock_guard lk(mu_);
+    stopping_.store(true);
+  }
+  slot_cv_.notify_all();  // on_open waiting for a slot gives up
+  wake(stop_fd_);         // so does on_data waiting on a full pipe, for good
+  consumer_.close();      // joins the delivery threads
 
-  // Commands whose stream was cut short or whose wait was interrupted.
+  // Commands whose stream did not reach on_close: EOF now.
   std::vector<std::shared_ptr<Job>> left;
   {
     std::lock_guard lk(mu_);
@@ -437,19 +530,30 @@ void ExecRunner::stop() {
   for (auto& j : left) {
     close_fd(j->pipe_w);
     if (!j->closed && j->note.empty()) j->note = "capturefs stopped before the stream ended";
+    hand_to_reaper(j);
   }
-  timespec deadline = now_mono();
-  const auto grace = opt_.stop_grace.count();
-  deadline.tv_sec += grace / 1000;
-  deadline.tv_nsec += (grace % 1000) * 1000000L;
-  if (deadline.tv_nsec >= 1000000000L) {
-    deadline.tv_sec += 1;
-    deadline.tv_nsec -= 1000000000L;
+}
+
+void ExecRunner::stop() {
+  stop_feeding();
+  std::lock_guard stop_lk(stop_mu_);
+  if (stopped_) return;
+  stopped_ = true;
+  {
+    std::lock_guard lk(mu_);
+    draining_ = true;
+    timespec d = now_mono();
+    const auto grace = opt_.stop_grace.count();
+    d.tv_sec += grace / 1000;
+    d.tv_nsec += (grace % 1000) * 1000000L;
+    if (d.tv_nsec >= 1000000000L) {
+      d.tv_sec += 1;
+      d.tv_nsec -= 1000000000L;
+    }
+    drain_deadline_ = d;
   }
-  for (auto& j : left) {
-    (void)wait_exit(*j, /*until_stop=*/false, &deadline);
-    finish(j);  // logs "still running (pid N)" if the grace ran out
-  }
+  wake(reap_fd_);
+  if (reaper_.joinable()) reaper_.join();
 }
 
 }  // namespace capturefs::cli

@@ -9,7 +9,8 @@
 //   runner.stop();           // before the Mount is destroyed
 //
 // PER STREAM
-//   on_open   pipe + posix_spawn("/bin/sh", "-c", CMD): stdin = the pipe's
+//   on_open   waits for a command slot (at most `jobs` commands alive), then
+//             pipe + posix_spawn("/bin/sh", "-c", CMD): stdin = the pipe's
 //             read end, stdout/stderr = the daemon's, every other descriptor
 //             closed, signal dispositions and mask reset to default, the
 //             environment = the daemon's + CAPTUREFS_PATH, CAPTUREFS_MOUNT,
@@ -17,12 +18,19 @@
 //   on_data   writes the chunk fully into the pipe (blocking: that is the
 //             writers' backpressure). EPIPE (the command exited or closed its
 //             stdin) -> AbortStream: the writers get EPIPE from then on.
-//   on_close  closes the pipe (the command sees EOF), waits for the command
-//             to exit, logs the status and records it in history().
+//   on_close  closes the pipe (the command sees EOF) and hands the command to
+//             the reaper thread, which waits for its exit (pidfd), logs the
+//             status, records it in history() and frees the command slot.
 //
-// At most `jobs` commands run at once: the consumer holds at most `jobs`
-// streams (ConsumeOptions::max_active) and has `jobs` delivery threads, and
-// a stream's slot is only given back once its command has been reaped.
+// At most `jobs` commands are alive (started and not yet reaped) at once.
+// The consumer holds at most `jobs` streams (ConsumeOptions::max_active) and
+// has `jobs` delivery threads; a stream offered while `jobs` commands are
+// still alive waits in on_open for one to be reaped. (The core frees a
+// stream's max_active slot before on_close, so max_active alone would let a
+// new command start while the previous one is still finishing.) Delivery
+// threads only ever block in on_open (waiting for a slot) or on_data (a full
+// pipe), each for a stream holding a max_active slot: so `jobs` threads are
+// always enough, and a reaped command frees its slot without needing one.
 //
 // THREADING
 // Callbacks run on the consumer's delivery threads; history() and running()
@@ -35,6 +43,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <ctime>
@@ -43,6 +52,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -125,11 +135,18 @@ class ExecRunner {
   ExecRunner(const ExecRunner&) = delete;
   ExecRunner& operator=(const ExecRunner&) = delete;
 
-  /// \brief Stops: deliveries in progress are cut short (the commands get
-  /// EOF early, the streams' writers EPIPE), the consumer is closed, then the
-  /// commands still running are waited for, up to stop_grace. Call it after
-  /// the mount stopped serving (ideally after Mount::unmount()) and before
-  /// the Mount is destroyed. Idempotent; not from a callback.
+  /// \brief Stops taking and feeding streams: deliveries in progress are
+  /// cut short (their commands get EOF early, the streams' writers EPIPE),
+  /// streams not yet ended go back to the mount, the consumer is closed.
+  /// Commands are not waited for. A daemon calls it as soon as serve()
+  /// returns, before unmounting (the unmount ends open writers' streams as if
+  /// they had closed). Idempotent; not from a callback.
+  void stop_feeding();
+  /// \brief stop_feeding(), then waits for the commands still running, up
+  /// to stop_grace (those left are logged as still running). Call it before
+  /// the Mount is destroyed; after Mount::unmount() if the mount was served,
+  /// so that a command touching the mount cannot hang. Idempotent; not from
+  /// a callback.
   void stop();
 
   unsigned jobs() const { return max_jobs_; }
@@ -142,22 +159,33 @@ class ExecRunner {
   void on_data(const Chunk& c);
   void on_close(const StreamClose& e);
   std::shared_ptr<Job> find(std::uint64_t id) const;
-  /// Waits for the job's command; false if stop() interrupted the wait.
-  bool wait_exit(Job& j, bool until_stop, const timespec* deadline);
+  void hand_to_reaper(std::shared_ptr<Job> j);
+  void reap_loop();
   void finish(const std::shared_ptr<Job>& j);
+  void wake(int fd);
 
   const ExecOptions opt_;
   const unsigned max_jobs_;
   const std::string mountpoint_;
   std::vector<std::string> base_env_;  // the daemon's, without our variables
-  int stop_fd_ = -1;                   // eventfd; readable once stopping
+  int stop_fd_ = -1;                   // eventfd; readable for good once stopping
+  int reap_fd_ = -1;                   // eventfd; the reaper has news
   std::atomic<bool> stopping_{false};
-  bool stopped_ = false;  // guarded by stop_mu_
-  std::mutex stop_mu_;
 
-  mutable std::mutex mu_;  // guards jobs_; leaf
-  std::unordered_map<std::uint64_t, std::shared_ptr<Job>> jobs_;
+  std::mutex stop_mu_;  // serialises stop_feeding() and stop()
+  bool feeding_stopped_ = false;
+  bool stopped_ = false;
+
+  mutable std::mutex mu_;  // guards everything below; leaf
+  std::condition_variable slot_cv_;
+  unsigned alive_ = 0;  // commands started and not yet reaped
+  std::unordered_map<std::uint64_t, std::shared_ptr<Job>> jobs_;  // being fed
+  std::vector<std::shared_ptr<Job>> reaping_;                     // stdin closed
+  bool draining_ = false;      // stop(): nothing more will be handed over
+  timespec drain_deadline_{};  // CLOCK_MONOTONIC
+
   ExecHistory history_;
+  std::thread reaper_;
   Consumer consumer_;  // last: created once everything above is ready
 };
 

@@ -9,6 +9,7 @@
 #include "core/delivery.hpp"
 #include "core/volume.hpp"
 #include "fuse/session.hpp"
+#include "lib/internal.hpp"
 #include "lib/preflight.hpp"
 
 namespace capturefs {
@@ -165,5 +166,7 @@ std::size_t Mount::memory_peak() const { return impl_->vol->memory_peak(); }
 void Mount::unmount() { impl_->stop(); }
 void Mount::daemonize() { impl_->session->daemonize(); }
 int Mount::serve() { return impl_->session->serve(); }
+
+core::Volume& detail::MountAccess::volume(Mount& m) { return *m.impl_->vol; }
 
 }  // namespace capturefs

@@ -97,8 +97,12 @@ TempDir::~TempDir() {
 
 // ---------------------------------------------------------------- Mount
 
-Mount::Mount(std::vector<std::string> extra_args) : root_("capturefs-mount") {
+Mount::Mount(std::vector<std::string> extra_args, bool with_socket) : root_("capturefs-mount") {
   mnt_ = root_.at("mnt");
+  if (with_socket) {
+    socket_ = root_.at("capturefs.sock");
+    extra_args.insert(extra_args.begin(), {"--socket", socket_});
+  }
   if (::mkdir(mnt_.c_str(), 0755) != 0) throw std::runtime_error("mkdir " + mnt_ + ": " + errno_string(errno));
   stderr_path_ = root_.at("daemon.stderr");
 
@@ -176,6 +180,8 @@ Mount::~Mount() {
                     << "\ndaemon stderr:\n" << tail(daemon_stderr());
     }
   }
+  if (!socket_.empty() && daemon_.exited() && exited_with(*daemon_.status(), 0) && stat_err(socket_) != ENOENT)
+    ADD_FAILURE() << "the daemon exited but left its socket " << socket_ << " behind";
   if (is_mountpoint(mnt_)) {
     // The daemon is gone but the mount stayed (crash, kill): detach it.
     ADD_FAILURE() << mnt_ << " was still mounted after the daemon exited";
@@ -256,7 +262,7 @@ std::string cat(const std::string& path, Millis timeout) {
 
 void MountTest::SetUp() {
   CAPTUREFS_REQUIRE_FUSE();
-  m_ = std::make_unique<Mount>(mount_args());
+  m_ = std::make_unique<Mount>(mount_args(), with_socket());
 }
 
 }  // namespace capturefs::test

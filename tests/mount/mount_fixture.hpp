@@ -75,13 +75,18 @@ class TempDir {
 
 class Mount {
  public:
-  explicit Mount(std::vector<std::string> extra_args = {});
+  /// `with_socket`: also pass `--socket <root>/capturefs.sock` (socket
+  /// delivery, docs/protocol.md); the destructor then checks that the
+  /// daemon removed the socket when it exited.
+  explicit Mount(std::vector<std::string> extra_args = {}, bool with_socket = false);
   ~Mount();
   Mount(const Mount&) = delete;
   Mount& operator=(const Mount&) = delete;
 
   /// The mountpoint.
   const std::string& path() const { return mnt_; }
+  /// The daemon's socket ("" unless constructed with_socket).
+  const std::string& socket_path() const { return socket_; }
   /// path() + "/" + rel
   std::string at(std::string_view rel) const { return mnt_ + "/" + std::string(rel); }
   /// The temp dir holding the mountpoint; room for scratch files.
@@ -107,6 +112,7 @@ class Mount {
  private:
   TempDir root_;
   std::string mnt_;
+  std::string socket_;
   std::string stderr_path_;
   Child daemon_;
   UniqueFd ready_r_;
@@ -134,6 +140,8 @@ class MountTest : public ::testing::Test {
   void SetUp() override;
   void TearDown() override { m_.reset(); }
   virtual std::vector<std::string> mount_args() const { return {}; }
+  /// Override to return true for a mount with `--socket` (mnt().socket_path()).
+  virtual bool with_socket() const { return false; }
   Mount& mnt() { return *m_; }
   /// Shorthand for mnt().at(rel).
   std::string at(std::string_view rel) { return m_->at(rel); }

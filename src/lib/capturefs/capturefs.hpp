@@ -121,6 +121,10 @@ struct ConsumeOptions {
 
 class Mount;
 
+namespace detail {
+struct MountAccess;  // the capturefs CLI's access to internals (lib/internal.hpp)
+}  // namespace detail
+
 /// \brief A registered consumer. Destroying it (or close()) stops delivery;
 /// streams not finished go to the next matching consumer or reader, from
 /// their first byte not yet done.
@@ -172,6 +176,7 @@ class Mount {
   int serve();
 
  private:
+  friend struct detail::MountAccess;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

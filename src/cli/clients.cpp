@@ -1,0 +1,240 @@
+#include "cli/clients.hpp"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+
+#include "proto/codec.hpp"
+#include "server/client.hpp"
+#include "server/text.hpp"
+
+namespace capturefs::cli {
+
+namespace {
+
+using server::ClientConnection;
+using server::ClientError;
+
+/// Writes all of `data` to fd; errno on failure, 0 on success.
+int write_all(int fd, const void* data, std::size_t n) {
+  const auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return 0;
+}
+
+void complain(const char* cmd, const std::string& msg) { std::fprintf(stderr, "capturefs %s: %s\n", cmd, msg.c_str()); }
+
+/// One line on stdout, flushed (so that a pipe reader sees each event now).
+/// False if stdout is gone.
+bool print_line(std::string line) {
+  line += '\n';
+  return write_all(STDOUT_FILENO, line.data(), line.size()) == 0;
+}
+
+const char* state_name(proto::StreamState s) {
+  switch (s) {
+    case proto::StreamState::writing: return "writing";
+    case proto::StreamState::streaming: return "streaming";
+    case proto::StreamState::held: return "held";
+    case proto::StreamState::draining: return "draining";
+  }
+  return "?";
+}
+
+std::string num(std::uint64_t v) { return std::to_string(v); }
+
+}  // namespace
+
+// ---------------------------------------------------------------- cat
+
+int run_cat(const CatArgs& a) {
+  const std::string name = "'" + server::printable(a.name) + "'";
+  if (a.name.empty()) {
+    complain("cat", "NAME is empty");
+    return 2;
+  }
+  try {
+    ClientConnection c(a.socket);
+    proto::Subscribe s;
+    s.literal = true;
+    s.once = true;
+    s.nowait = !a.wait;
+    s.patterns = {a.name};
+    c.queue(s);
+    std::uint64_t id = 0;
+    bool opened = false;
+    for (;;) {
+      auto f = c.next();
+      if (!f) {
+        complain("cat", a.socket + ": " + name + ": the daemon closed the connection before the stream ended");
+        return 1;
+      }
+      if (auto* e = std::get_if<proto::Error>(&*f)) {
+        if (e->code == proto::ErrorCode::not_found)
+          complain("cat", a.socket + ": " + name + ": no such stream");
+        else if (e->code == proto::ErrorCode::busy)
+          complain("cat", a.socket + ": " + name + ": busy (another consumer is reading it)");
+        else
+          complain("cat", a.socket + ": " + name + ": " + server::describe(*e));
+        return 1;
+      }
+      if (auto* o = std::get_if<proto::Opened>(&*f)) {
+        if (!opened) {
+          opened = true;
+          id = o->id;
+        }
+        continue;
+      }
+      if (auto* d = std::get_if<proto::Data>(&*f)) {
+        if (!opened || d->id != id) continue;
+        if (const int err = write_all(STDOUT_FILENO, d->bytes.data(), d->bytes.size())) {
+          complain("cat", std::string("stdout: ") + std::strerror(err));
+          return 1;  // not acknowledged: the rest goes to the next consumer
+        }
+        c.queue(proto::Ack{id, d->offset + d->bytes.size()});
+        continue;
+      }
+      if (auto* cl = std::get_if<proto::Closed>(&*f)) {
+        if (!opened || cl->id != id) continue;
+        if (cl->status == proto::CloseStatus::complete) {
+          // The final ACK finishes the stream. The daemon handles a
+          // connection's frames in order, so once the reply to a STATUS
+          // request sent after it is in, the name is gone (as after `cat`
+          // of the file itself).
+          c.queue(proto::Ack{id, cl->total});
+          c.queue(proto::StatusRequest{});
+          for (;;) {
+            auto g = c.next();
+            if (!g) break;
+            if (auto* st = std::get_if<proto::StatusReply>(&*g); st && !st->more) break;
+          }
+          return 0;
+        }
+        complain("cat", a.socket + ": " + name + ": aborted: " + cl->reason);
+        return 1;
+      }
+      // SUBSCRIBED, RENAMED, STATUS: nothing to do.
+    }
+  } catch (const ClientError& e) {
+    complain("cat", e.what());
+    return 1;
+  }
+}
+
+// ---------------------------------------------------------------- watch
+
+int run_watch(const WatchArgs& a) {
+  using server::json_path_fields;
+  using server::json_string;
+  try {
+    ClientConnection c(a.socket);
+    proto::Subscribe s;
+    s.observe = a.observe;
+    s.patterns = a.globs.empty() ? std::vector<std::string>{"*"} : a.globs;
+    c.queue(s);
+    std::unordered_map<std::uint64_t, std::string> paths;  // for "closed" lines
+    for (;;) {
+      auto f = c.next();
+      if (!f) {
+        complain("watch", a.socket + ": the daemon closed the connection");
+        return 1;
+      }
+      std::string line;
+      if (auto* e = std::get_if<proto::Error>(&*f)) {
+        complain("watch", a.socket + ": " + server::describe(*e));
+        return e->code == proto::ErrorCode::shutdown ? 0 : 1;
+      } else if (auto* o = std::get_if<proto::Opened>(&*f)) {
+        paths[o->id] = o->path;
+        line = "{\"event\":\"opened\",\"id\":" + num(o->id) + "," + json_path_fields(o->path) +
+               ",\"offset\":" + num(o->offset) + ",\"pid\":" + num(o->pid) + ",\"uid\":" + num(o->uid) +
+               ",\"time\":\"" + server::iso_time(o->time_ns) + "\"}";
+      } else if (auto* d = std::get_if<proto::Data>(&*f)) {
+        line = "{\"event\":\"data\",\"id\":" + num(d->id) + ",\"offset\":" + num(d->offset) +
+               ",\"length\":" + num(d->bytes.size()) + "}";
+        c.queue(proto::Ack{d->id, d->offset + d->bytes.size()});
+      } else if (auto* r = std::get_if<proto::Renamed>(&*f)) {
+        paths[r->id] = r->path;
+        line = "{\"event\":\"renamed\",\"id\":" + num(r->id) + "," + json_path_fields(r->path) + "}";
+      } else if (auto* cl = std::get_if<proto::Closed>(&*f)) {
+        line = "{\"event\":\"closed\",\"id\":" + num(cl->id);
+        if (auto it = paths.find(cl->id); it != paths.end()) {
+          line += "," + json_path_fields(it->second);
+          paths.erase(it);
+        }
+        line += ",\"total\":" + num(cl->total) + ",\"status\":\"" +
+                (cl->status == proto::CloseStatus::complete ? "complete\"" : "aborted\",\"reason\":" + json_string(cl->reason)) +
+                "}";
+        if (!a.observe) c.queue(proto::Ack{cl->id, cl->total});
+      } else {
+        continue;  // SUBSCRIBED, STATUS
+      }
+      if (!print_line(std::move(line))) return 1;  // stdout closed: stop (unacknowledged bytes go on)
+    }
+  } catch (const ClientError& e) {
+    complain("watch", e.what());
+    return 1;
+  }
+}
+
+// ---------------------------------------------------------------- status
+
+int run_status(const StatusArgs& a) {
+  try {
+    ClientConnection c(a.socket);
+    c.queue(proto::StatusRequest{});
+    std::vector<proto::StreamStatus> all;
+    for (;;) {
+      auto f = c.next();
+      if (!f) {
+        complain("status", a.socket + ": the daemon closed the connection before answering");
+        return 1;
+      }
+      if (auto* e = std::get_if<proto::Error>(&*f)) {
+        complain("status", a.socket + ": " + server::describe(*e));
+        return 1;
+      }
+      auto* part = std::get_if<proto::StatusReply>(&*f);
+      if (part == nullptr) continue;
+      all.insert(all.end(), part->streams.begin(), part->streams.end());
+      if (!part->more) break;
+    }
+    if (a.json) {
+      for (const auto& r : all) {
+        if (!print_line("{\"id\":" + num(r.id) + "," + server::json_path_fields(r.path) + ",\"pid\":" + num(r.pid) +
+                        ",\"uid\":" + num(r.uid) + ",\"time\":\"" + server::iso_time(r.time_ns) +
+                        "\",\"written\":" + num(r.written) + ",\"delivered\":" + num(r.delivered) +
+                        ",\"rate\":" + num(r.rate) + ",\"state\":\"" + state_name(r.state) + "\"}"))
+          return 1;
+      }
+      return 0;
+    }
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "%-8s %10s %10s %10s  %-9s  %s", "PID", "WRITTEN", "DELIVERED", "RATE", "STATE",
+                  "PATH");
+    if (!print_line(buf)) return 1;
+    for (const auto& r : all) {
+      std::snprintf(buf, sizeof buf, "%-8u %10s %10s %10s  %-9s  ", r.pid, server::human_bytes(r.written).c_str(),
+                    server::human_bytes(r.delivered).c_str(), (server::human_bytes(r.rate) + "/s").c_str(),
+                    state_name(r.state));
+      if (!print_line(buf + server::printable(r.path))) return 1;
+    }
+    return 0;
+  } catch (const ClientError& e) {
+    complain("status", e.what());
+    return 1;
+  }
+}
+
+}  // namespace capturefs::cli

@@ -1,0 +1,459 @@
+"""The Python client (python/capturefs/client.py) against a real mount.
+
+Run by meson (suite mount) with CAPTUREFS=<binary> and PYTHONPATH=python:
+
+    meson test -C build socket_python
+
+Each test class mounts its own capturefs daemon with --socket and unmounts it
+afterwards (the daemon must exit 0 and remove its socket). Waits are bounded
+failure guards on real conditions (a line from a process, a frame, an exit);
+nothing sleeps to synchronise.
+"""
+import hashlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+from capturefs import Client, NeverWritten, ServerError, StreamAborted, capture
+from capturefs import protocol as P
+
+CAPTUREFS = os.environ.get("CAPTUREFS", "")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def fuse_unavailable():
+    if not CAPTUREFS:
+        return "CAPTUREFS is not set (run through meson test)"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed"
+    return None
+
+
+class Daemon:
+    """`capturefs mount MNT -f --socket SOCK` in a private temp dir."""
+
+    def __init__(self, *extra):
+        self.root = tempfile.mkdtemp(prefix="capturefs-pysock.")
+        os.chmod(self.root, 0o755)  # so that another user can reach the socket (its own mode still applies)
+        self.mnt = os.path.join(self.root, "mnt")
+        os.mkdir(self.mnt)
+        self.sock = os.path.join(self.root, "capturefs.sock")
+        self.err_path = os.path.join(self.root, "daemon.err")
+        r, w = os.pipe()
+        with open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen([CAPTUREFS, "mount", self.mnt, "-f", "--ready-fd", str(w),
+                                          "--socket", self.sock, *extra],
+                                         pass_fds=[w], stdout=subprocess.DEVNULL, stderr=err)
+        os.close(w)
+        got = b""
+        deadline = time.monotonic() + 30
+        while b"\n" not in got and time.monotonic() < deadline:
+            ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                continue
+            chunk = os.read(r, 64)
+            if not chunk:
+                break
+            got += chunk
+        os.close(r)
+        if got != b"ready\n":
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError("capturefs mount failed: %r; stderr:\n%s" % (got, self.stderr()))
+
+    def stderr(self):
+        with open(self.err_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def at(self, name):
+        return os.path.join(self.mnt, name)
+
+    def stop(self):
+        """Unmounts; returns what went wrong ("" if nothing)."""
+        for _ in range(50):
+            r = subprocess.run(["fusermount3", "-u", self.mnt], capture_output=True, text=True)
+            if r.returncode == 0 or "busy" not in r.stderr:
+                break
+            time.sleep(0.1)  # a closing file may still be releasing (retry guard, not synchronisation)
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        problems = []
+        if rc != 0:
+            problems.append("the daemon exited with %d; stderr:\n%s" % (rc, self.stderr()))
+        if os.path.lexists(self.sock):
+            problems.append("the daemon left its socket %s behind" % self.sock)
+        if os.path.ismount(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", self.mnt])
+            problems.append("still mounted after the daemon exited")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
+        return "\n".join(problems)
+
+
+class MountCase(unittest.TestCase):
+    daemon = None
+
+    @classmethod
+    def setUpClass(cls):
+        why = fuse_unavailable()
+        if why:
+            raise unittest.SkipTest(why)
+        cls.daemon = Daemon()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.daemon is not None:
+            problems = cls.daemon.stop()
+            cls.daemon = None
+            if problems:
+                raise AssertionError(problems)
+
+    @property
+    def d(self):
+        return self.daemon
+
+
+_buffers = {}
+
+
+def read_line(proc, timeout=30.0):
+    """One line of a child's stdout (a failure guard bounds the wait).
+    Reads the pipe unbuffered, so that select() sees every line."""
+    fd = proc.stdout.fileno()
+    buf = _buffers.setdefault(fd, bytearray())
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buf:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError("no line from %s within %s s" % (proc.args, timeout))
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise AssertionError("%s ended: %s" % (proc.args, proc.stderr.read() if proc.stderr else ""))
+        buf += chunk
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    return line.decode()
+
+
+def has_line(proc):
+    return b"\n" in _buffers.get(proc.stdout.fileno(), b"")
+
+
+def spawn(*args):
+    env = dict(os.environ)
+    return subprocess.Popen([sys.executable, "-B", os.path.join(HERE, "subscriber.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def write_file(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+class CaptureTest(MountCase):
+    def test_pipeline_16_parallel_runs_of_50_calls_every_capture_byte_exact(self):
+        src = os.urandom(1 << 20)
+        src_path = os.path.join(self.d.root, "src.bin")
+        write_file(src_path, src)
+        failures = []
+        counts = {"written": 0, "never": 0}
+        lock = threading.Lock()
+
+        def worker(w):
+            for i in range(50):
+                k = (w * 50 + i)
+                start = (k * 7919) % (len(src) - 1)
+                size = 0 if k % 25 == 3 else (k * 104729) % 300000
+                fail = k % 10 == 7  # the tool fails before creating its output
+                with capture(self.d.mnt, self.d.sock, suffix=".out") as cap:
+                    if fail:
+                        rc = subprocess.run(["sh", "-c", "exit 3"]).returncode
+                    else:
+                        rc = subprocess.run(["sh", "-c", 'tail -c +"$1" "$2" | head -c "$3" > "$4"', "tool",
+                                             str(start + 1), src_path, str(size), cap.path]).returncode
+                want = src[start:start + size]
+                with lock:
+                    if fail:
+                        counts["never"] += 1
+                        if rc != 3 or cap.written or cap.data is not None:
+                            failures.append("%d/%d: never-written run: rc %d written %s" % (w, i, rc, cap.written))
+                    else:
+                        counts["written"] += 1
+                        if rc != 0 or not cap.written or not cap.complete or cap.data != want:
+                            failures.append("%d/%d: rc %d written %s complete %s: %d bytes, want %d"
+                                            % (w, i, rc, cap.written, cap.complete,
+                                               -1 if cap.data is None else len(cap.data), len(want)))
+
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=240)
+            self.assertFalse(t.is_alive(), "a pipeline thread hung")
+        self.assertEqual(failures, [])
+        self.assertEqual(counts, {"written": 720, "never": 80})
+        self.assertEqual(os.listdir(self.d.mnt), [])  # every capture consumed; nothing left behind
+
+    def test_never_written_returns_at_once_and_result_raises(self):
+        t0 = time.monotonic()
+        with capture(self.d.mnt, self.d.sock) as cap:
+            pass  # the "tool" never opens cap.path
+        self.assertLess(time.monotonic() - t0, 10)
+        self.assertFalse(cap.written)
+        self.assertIsNone(cap.data)
+        with self.assertRaises(NeverWritten):
+            cap.result()
+
+    def test_output_renamed_onto_the_path_is_captured(self):
+        with capture(self.d.mnt, self.d.sock) as cap:
+            subprocess.run(["sh", "-c", 'printf tmp-then-move > "$1.tmp" && mv "$1.tmp" "$1"', "t", cap.path],
+                           check=True)
+        self.assertEqual(cap.result(), b"tmp-then-move")
+
+    def test_output_removed_by_the_tool_is_aborted(self):
+        with capture(self.d.mnt, self.d.sock) as cap:
+            # Removed while still open for writing: aborted before it was complete.
+            subprocess.run(["sh", "-c", 'exec 3>"$1"; printf partial >&3; rm "$1"; exec 3>&-', "t", cap.path],
+                           check=True)
+        self.assertTrue(cap.written)
+        self.assertFalse(cap.complete)
+        with self.assertRaises(StreamAborted):
+            cap.result()
+
+    def test_a_failing_block_removes_the_path(self):
+        with self.assertRaises(RuntimeError):
+            with capture(self.d.mnt, self.d.sock) as cap:
+                write_file(cap.path, b"half")
+                raise RuntimeError("the caller failed")
+        self.assertFalse(os.path.exists(cap.path))
+
+
+class SharingTest(MountCase):
+    def test_two_subscribers_share_the_work_and_no_stream_goes_twice(self):
+        subs = [spawn("share", self.d.sock, "job-*") for _ in range(2)]
+        try:
+            for s in subs:
+                self.assertEqual(read_line(s), "ready")
+            want = {}
+            for i in range(40):
+                data = os.urandom(1000 + i * 3001)
+                want["job-%02d" % i] = hashlib.sha256(data).hexdigest()
+                write_file(self.d.at("job-%02d" % i), data)
+            got = {0: [], 1: []}
+            pending = {s.stdout.fileno(): n for n, s in enumerate(subs)}
+            deadline = time.monotonic() + 60
+            while sum(len(v) for v in got.values()) < 40 and time.monotonic() < deadline:
+                buffered = [fd for fd, n in pending.items() if has_line(subs[n])]
+                ready = buffered or select.select(list(pending), [], [], max(0.0, deadline - time.monotonic()))[0]
+                for fd in ready:
+                    n = pending[fd]
+                    got[n].append(json.loads(read_line(subs[n])))
+            names = [r["path"] for v in got.values() for r in v]
+            self.assertEqual(sorted(names), sorted(want), "together all, none twice")
+            self.assertGreater(len(got[0]), 0)
+            self.assertGreater(len(got[1]), 0)
+            for r in got[0] + got[1]:
+                self.assertTrue(r["complete"])
+                self.assertEqual(r["start"], 0)
+                self.assertEqual(r["sha256"], want[r["path"]], r["path"])
+            self.assertEqual(os.listdir(self.d.mnt), [])
+        finally:
+            for s in subs:
+                s.kill()
+                s.wait()
+                _buffers.pop(s.stdout.fileno(), None)
+                s.stdout.close()
+                s.stderr.close()
+
+    def test_a_killed_consumer_leaves_the_rest_to_the_next_and_every_byte_is_accounted_for(self):
+        size = 48 << 20
+        src_path = os.path.join(self.d.root, "big.src")
+        write_file(src_path, os.urandom(size))
+        acked_path = os.path.join(self.d.root, "first.part")
+        after = (9 << 20) + 12345  # inside a chunk
+        first = spawn("crash", self.d.sock, "big.bin", str(after), acked_path)
+        writer = None
+        try:
+            self.assertEqual(read_line(first), "ready")
+            writer = subprocess.Popen(["sh", "-c", 'cat "$0" > "$1"', src_path, self.d.at("big.bin")])
+            acked, start = map(int, read_line(first, 60).split()[1:])
+            self.assertEqual((acked, start), (after, 0))
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            with Client(self.d.sock).subscribe("big.bin", literal=True) as sub:
+                stream = next(sub)
+                self.assertEqual(stream.start_offset, after, "the rest starts at the first unacknowledged byte")
+                rest = stream.read()
+                self.assertTrue(stream.complete, stream.reason)
+                self.assertEqual(stream.total, size)
+            self.assertEqual(writer.wait(timeout=60), 0)
+            with open(acked_path, "rb") as f:
+                part = f.read()
+            whole = hashlib.sha256()
+            with open(src_path, "rb") as f:
+                whole.update(f.read())
+            self.assertEqual(len(part) + len(rest), size)
+            self.assertEqual(hashlib.sha256(part + rest).hexdigest(), whole.hexdigest())
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+            _buffers.pop(first.stdout.fileno(), None)
+            first.stdout.close()
+            first.stderr.close()
+            if writer is not None and writer.poll() is None:
+                writer.kill()
+                writer.wait()
+
+    def test_a_subscriber_attaching_after_the_writers_finished_gets_the_streams(self):
+        want = {}
+        for i in range(5):
+            data = ("late %d\n" % i).encode() * (i * 1000 + 1)
+            want["late-%d" % i] = data
+            write_file(self.d.at("late-%d" % i), data)
+        got = {}
+        with Client(self.d.sock).subscribe("late-*") as sub:
+            for _ in range(5):
+                s = next(sub)
+                got[s.path] = s.read()
+                self.assertTrue(s.complete)
+            sub.status()  # the final acks are processed: the names are gone
+        self.assertEqual(got, want)
+        self.assertEqual(os.listdir(self.d.mnt), [])
+
+    def test_status_and_observe(self):
+        with open(self.d.at("watched.log"), "wb") as w:
+            w.write(b"x" * 5000)
+            w.flush()
+            rows = {r.path: r for r in Client(self.d.sock).status()}
+            self.assertEqual(rows[b"watched.log"].written, 5000)
+            self.assertEqual(rows[b"watched.log"].state, P.StreamState.WRITING)
+            self.assertEqual(rows[b"watched.log"].pid, os.getpid())
+            with Client(self.d.sock).observe("*.log") as obs:
+                ev = next(obs)
+                self.assertEqual((ev.kind, ev.path, ev.offset), ("opened", "watched.log", 5000))
+        os.unlink(self.d.at("watched.log"))
+
+
+class BadInputTest(MountCase):
+    def raw(self, payload, shut=False):
+        """Sends raw bytes, returns the frames the daemon answered with."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(self.d.sock)
+        s.sendall(payload)
+        if shut:
+            s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        return P.decode_all(P.Peer.SERVER, data)
+
+    def assert_error(self, frames, code, text=None):
+        self.assertIsInstance(frames[0], P.Hello)
+        self.assertIsInstance(frames[-1], P.Error, frames)
+        self.assertEqual(frames[-1].code, code, frames[-1])
+        if text:
+            self.assertIn(text, frames[-1].message)
+        self.assertEqual(Client(self.d.sock).status(), [])  # and the daemon serves the next client
+
+    def test_garbage(self):
+        self.assert_error(self.raw(b"GARBAGE!" * 4), P.ErrorCode.BAD_MAGIC)
+
+    def test_a_1_gib_length_prefix(self):
+        self.assert_error(self.raw(P.encode(P.Hello()) + b"\x40\x00\x00\x00\x01\x00" + b"\0" * 100),
+                          P.ErrorCode.TOO_LARGE, "1073741824")
+
+    def test_truncated_frames(self):
+        sub = P.encode(P.Subscribe(patterns=[b"*"]))
+        self.assert_error(self.raw(P.encode(P.Hello()) + sub[:-3], shut=True), P.ErrorCode.TRUNCATED)
+        self.assert_error(self.raw(P.encode(P.Hello())[:5], shut=True), P.ErrorCode.TRUNCATED)
+
+    def test_frames_that_decode_but_break_the_session(self):
+        self.assert_error(self.raw(P.encode(P.Hello()) + b"\x00\x00\x00\x00\x7f\x00"), P.ErrorCode.BAD_TYPE)
+        self.assert_error(self.raw(P.encode(P.Hello()) + P.encode(P.Ack(1, 1))), P.ErrorCode.BAD_STATE)
+        # An ACK beyond the bytes sent.
+        write_file(self.d.at("acked"), b"abc")
+        sub = Client(self.d.sock).subscribe("acked", literal=True, auto_ack=False)
+        stream = next(sub)
+        sub._conn.queue(P.Ack(stream.id, 4))
+        with self.assertRaises(ServerError) as e:
+            while True:
+                sub._pump(30)
+        self.assertEqual(e.exception.name, "bad_ack")
+        sub.close()
+        self.assertEqual(Client(self.d.sock).cat("acked"), b"abc")  # and the stream is not lost
+
+
+@unittest.skipUnless(os.geteuid() == 0, "needs root to act as another user")
+@unittest.skipUnless(shutil.which("setpriv"), "needs setpriv (util-linux)")
+class OtherUserTest(MountCase):
+    CONNECT = r"""
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(30)
+try:
+    s.connect(sys.argv[1])
+except PermissionError:
+    print("EACCES"); sys.exit(0)
+try:
+    s.sendall(b"CAPF\x00\x01\x00\x00\x00\x00\x00\x00\x03\x00")  # hello, STATUS_REQUEST
+except OSError:
+    pass  # refused and closed before we wrote: the answer is still there to read
+data = b""
+while True:
+    try:
+        chunk = s.recv(65536)
+    except ConnectionResetError:
+        break
+    if not chunk:
+        break
+    data += chunk
+print(data.hex())
+"""
+
+    def as_nobody(self):
+        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            "/usr/bin/python3", "-B", "-c", self.CONNECT, self.d.sock],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout.strip()
+
+    def test_another_uid_is_refused(self):
+        self.assertEqual(stat.S_IMODE(os.lstat(self.d.sock).st_mode), 0o600)
+        self.assertEqual(self.as_nobody(), "EACCES")  # the mode keeps it out
+        # With the mode opened up, the daemon's SO_PEERCRED check refuses it.
+        os.chmod(self.d.sock, 0o666)
+        try:
+            frames = P.decode_all(P.Peer.SERVER, bytes.fromhex(self.as_nobody()))
+        finally:
+            os.chmod(self.d.sock, 0o600)
+        self.assertIsInstance(frames[0], P.Hello)
+        self.assertIsInstance(frames[-1], P.Error)
+        self.assertNotIn(True, [isinstance(f, P.StatusReply) for f in frames], "no data for another user")
+        self.assertIn("uid 65534", frames[-1].message)
+        self.assertIn("refused a connection from uid 65534", self.d.stderr())
+        self.assertEqual(Client(self.d.sock).status(), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
