@@ -52,6 +52,19 @@ void Subscription::adopt(const std::shared_ptr<Stream>& s, const StreamInfo& inf
   cv_.notify_one();
 }
 
+void Subscription::renamed(std::uint64_t id, const std::string& path) {
+  std::lock_guard lk(mu_);
+  auto it = active_.find(id);
+  if (it == active_.end()) return;
+  it->second.renames.push_back(path);
+  it->second.info.path = path;
+  if (!it->second.queued) {
+    it->second.queued = true;
+    ready_.push_back(id);
+    cv_.notify_one();
+  }
+}
+
 void Subscription::wake(std::uint64_t id) {
   std::lock_guard lk(mu_);
   auto it = active_.find(id);
@@ -87,6 +100,7 @@ void Subscription::run() {
     const std::shared_ptr<Stream> s = a.stream;
     const bool opened = a.opened;
     const StreamInfo info = a.info;
+    if (!opened) a.renames.clear();  // on_open carries the current path
     a.opened = true;
     lk.unlock();
     bool more = false;
@@ -104,6 +118,13 @@ void Subscription::run() {
   }
 }
 
+std::vector<std::string> Subscription::take_renames(std::uint64_t id) {
+  std::vector<std::string> out;
+  std::lock_guard lk(mu_);
+  if (auto it = active_.find(id); it != active_.end()) out.swap(it->second.renames);
+  return out;
+}
+
 void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, bool opened,
                            const StreamInfo& info, bool* more) {
   // A sink that throws is reported, and its stream continues: the bytes were
@@ -118,12 +139,16 @@ void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, b
   if (!opened) guarded("open", [&] { sink_->on_open(info); });
   // Serve a bounded number of chunks, then let other streams have a turn.
   for (int i = 0; i < 16; ++i) {
+    // Renames are told between chunks, as soon as this thread sees them.
+    for (const auto& path : take_renames(id)) guarded("rename", [&] { sink_->on_rename(id, path); });
     Pull p = s->pull(opt_.chunk);
     if (p.kind == Pull::Kind::Nothing) return;
     if (p.kind == Pull::Kind::Closed) {
-      // Finish first, so that the name is gone when the sink hears the end.
-      if (p.finished) finish(id, s);
+      // The name goes before the sink hears the end; the consumer's slot
+      // (max_active) is freed only after it has handled it.
+      if (p.finished) vol_.push_unname(id, s);
       guarded("close", [&] { sink_->on_close(id, p.end); });
+      if (p.finished) finish(id, s);
       return;
     }
     guarded("data", [&] { sink_->on_data(id, p.offset, p.bytes); });

@@ -75,6 +75,7 @@ class Subscription : public PushTarget, public std::enable_shared_from_this<Subs
   void start();
   void adopt(const std::shared_ptr<Stream>& s, const StreamInfo& info);
   void wake(std::uint64_t id) override;
+  void renamed(std::uint64_t id, const std::string& path) override;
   /// Streams handed to this subscription and not finished.
   std::vector<std::uint64_t> active_ids();
 
@@ -86,10 +87,12 @@ class Subscription : public PushTarget, public std::enable_shared_from_this<Subs
     bool busy = false;    // a thread is delivering it
     bool queued = false;  // in ready_
     bool again = false;   // woken while busy
+    std::vector<std::string> renames;  // to tell the sink, in order
   };
   void run();
   void deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, bool opened,
                const StreamInfo& info, bool* more);
+  std::vector<std::string> take_renames(std::uint64_t id);
   void finish(std::uint64_t id, const std::shared_ptr<Stream>& s);
   std::shared_ptr<Stream> stream_of(std::uint64_t id);
 

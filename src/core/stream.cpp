@@ -278,6 +278,11 @@ void Stream::abort(std::string reason, int write_errno, Effects& fx) {
   discard(fx);
 }
 
+std::shared_ptr<PushTarget> Stream::push_target() const {
+  std::lock_guard lk(mu_);
+  return push_;
+}
+
 bool Stream::has_consumer() const {
   std::lock_guard lk(mu_);
   return reader_ || push_ != nullptr;

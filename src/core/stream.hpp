@@ -54,6 +54,8 @@ class PushTarget {
  public:
   virtual ~PushTarget() = default;
   virtual void wake(std::uint64_t id) = 0;
+  /// The stream now has this path (delivered in order with its data).
+  virtual void renamed(std::uint64_t id, const std::string& path) = 0;
 };
 
 /// \brief One step of push delivery (see Stream::pull).
@@ -96,6 +98,8 @@ class Stream : public std::enable_shared_from_this<Stream> {
   /// discarded if it is 0.
   void abort(std::string reason, int write_errno, Effects& fx);
   bool has_consumer() const;
+  /// \brief The push consumer, if any (to tell it of a rename).
+  std::shared_ptr<PushTarget> push_target() const;
 
   /// \brief Registers the consumer. EBUSY if another one is attached.
   /// Returns the stream offset at which this consumer starts (its file

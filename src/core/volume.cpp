@@ -141,6 +141,18 @@ void Volume::offer_waiting(Effects& fx) {
   for (const auto& n : waiting) assign(*n, fx);
 }
 
+void Volume::push_unname(std::uint64_t id, const std::shared_ptr<Stream>& s) {
+  Effects fx;
+  {
+    std::lock_guard lk(tree_mu_);
+    NodePtr n = find(id);
+    if (n && n->linked && n->stream == s) {
+      if (NodePtr p = find(n->parent)) detach(*p, *n, fx, /*delivered=*/true);
+    }
+  }
+  settle(std::move(fx));
+}
+
 void Volume::push_finished(std::uint64_t id, const std::shared_ptr<Stream>& s) {
   Effects fx;
   {
@@ -413,8 +425,11 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
       if (src.stream && !src.stream->has_consumer()) assign(src, fx);
     }
     for (Node* moved : {&src, dst.get()}) {
-      if (moved && moved->linked && moved->stream)
-        notify(fx, [id = moved->ino, p = path_locked(*moved)](Observer& o) { o.renamed(id, p); });
+      if (!moved || !moved->linked || !moved->stream) continue;
+      std::string p = path_locked(*moved);
+      if (auto t = moved->stream->push_target())
+        fx.calls.emplace_back([t, id = moved->ino, p] { t->renamed(id, p); });
+      notify(fx, [id = moved->ino, p](Observer& o) { o.renamed(id, p); });
     }
     sp.meta.mtime = sp.meta.ctime = dp.meta.mtime = dp.meta.ctime = now();
   }
@@ -515,6 +530,12 @@ Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags) {
   lk.unlock();
   settle(std::move(fx));
   return h;
+}
+
+void Volume::abort(Handle& h, std::string reason) {
+  Effects fx;
+  h.stream->abort(std::move(reason), EIO, fx);
+  settle(std::move(fx));
 }
 
 void Volume::flush(Handle& h) {

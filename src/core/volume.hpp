@@ -88,6 +88,9 @@ class Volume {
   /// that has read to EOF takes the name with it now, so that the name is
   /// gone when close() returns.
   void flush(Handle& h);
+  /// \brief Ends the handle's stream as aborted (consumers are told
+  /// `reason`; later writes fail with EIO).
+  void abort(Handle& h, std::string reason);
   /// \brief Ends a handle. A consumer that read EOF takes the name with it.
   void release(std::unique_ptr<Handle> h);
 
@@ -124,6 +127,7 @@ class Volume {
   // Called by Subscription.
   void unsubscribe(const Subscription* sub);
   void push_finished(std::uint64_t id, const std::shared_ptr<Stream>& s);
+  void push_unname(std::uint64_t id, const std::shared_ptr<Stream>& s);
   void push_lost(std::uint64_t id, const std::shared_ptr<Stream>& s);
 
   std::size_t memory_used() const { return budget_.used(); }

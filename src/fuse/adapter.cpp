@@ -409,7 +409,12 @@ void op_fallocate(fuse_req_t req, fuse_ino_t, int, off_t, off_t, fuse_file_info*
 }  // namespace
 
 Adapter::~Adapter() {
-  for (core::Handle* h : handles_) vol_.release(std::unique_ptr<core::Handle>(h));
+  // Unmounted with files still open: the kernel will not release them. A
+  // stream still open for writing did not end normally, and says so.
+  for (core::Handle* h : handles_) {
+    if (h->role == core::Role::Writer) vol_.abort(*h, "unmounted while a writer had it open");
+    vol_.release(std::unique_ptr<core::Handle>(h));
+  }
 }
 
 core::Handle* Adapter::adopt(std::unique_ptr<core::Handle> h) {

@@ -41,6 +41,7 @@ class Recorder : public Sink {
     bool closed = false;
     StreamEnd end;
     bool in_order = true;
+    std::vector<std::string> renames;
   };
   std::chrono::milliseconds delay{0};
 
@@ -69,6 +70,10 @@ class Recorder : public Sink {
       return false;
     });
     return id;
+  }
+  void on_rename(std::uint64_t id, const std::string& path) override {
+    std::lock_guard lk(mu_);
+    seen_[id].renames.push_back(path);
   }
   void on_close(std::uint64_t id, const StreamEnd& e) override {
     std::lock_guard lk(mu_);
@@ -303,6 +308,56 @@ TEST(Delivery, ObserversSeeEventsWithoutConsumingAndSnapshotListsStreams) {
   EXPECT_EQ(w->events, (std::vector<std::string>{"created tmp", "renamed final", "ended complete 5",
                                                  "created doomed", "ended aborted 0"}));
   EXPECT_TRUE(v.snapshot().empty());
+}
+
+// Renamed after delivery began: the consumer is told, between the bytes.
+TEST(Delivery, ARenameDuringDeliveryIsTold) {
+  Volume v(Limits{});
+  auto rec = std::make_shared<Recorder>();
+  auto sub = v.subscribe(core::glob_filter({}), rec);
+  auto w = writer(v, "out.tmp");
+  ASSERT_TRUE(write_now(v, *w, 0, "abc").ok());
+  ASSERT_EQ(rec->wait_bytes(3), ino_of(v, "out.tmp"));
+  ASSERT_TRUE(v.rename(kRootIno, "out.tmp", kRootIno, "out", 0).ok());
+  ASSERT_TRUE(write_now(v, *w, 3, "def").ok());
+  v.release(std::move(w));
+  ASSERT_TRUE(rec->wait_closed(1));
+  const auto s = rec->seen().begin()->second;
+  EXPECT_EQ(s.info.path, "out.tmp");
+  EXPECT_EQ(s.renames, std::vector<std::string>{"out"});
+  EXPECT_EQ(s.bytes, "abcdef");
+  sub->close();
+}
+
+// A consumer limited to one stream at a time gets the next only after it
+// has handled the end of the previous one.
+TEST(Delivery, MaxActiveFreesASlotOnlyAfterTheCloseWasHandled) {
+  Volume v(Limits{});
+  struct Overlap : Recorder {
+    std::atomic<int> open{0}, most{0};
+    void on_open(const StreamInfo& i) override {
+      most = std::max(most.load(), ++open);
+      Recorder::on_open(i);
+    }
+    void on_close(std::uint64_t id, const StreamEnd& e) override {
+      std::this_thread::sleep_for(2ms);  // a consumer busy finishing up (not synchronisation)
+      --open;
+      Recorder::on_close(id, e);
+    }
+  };
+  auto rec = std::make_shared<Overlap>();
+  SubscriptionOptions one;
+  one.max_active = 1;
+  one.threads = 4;
+  auto sub = v.subscribe(core::glob_filter({}), rec, one);
+  for (int i = 0; i < 5; ++i) {
+    auto w = writer(v, "f" + std::to_string(i));
+    ASSERT_TRUE(write_now(v, *w, 0, "x").ok());
+    v.release(std::move(w));
+  }
+  ASSERT_TRUE(rec->wait_closed(5));
+  EXPECT_EQ(rec->most.load(), 1);
+  sub->close();
 }
 
 TEST(Delivery, GlobStarMatchesAcrossDirectories) {
