@@ -192,14 +192,17 @@ TEST(Stress, NamespaceChurnDuringIO) {
       auto w = writer(v, "s" + k, churn);
       // The pipes may hold all the memory: this write may park, and then
       // completes (discarded) when the stream is unlinked below.
-      std::atomic<int> write_done{0};  // the callback may run on a pipe's thread
-      auto wr = v.write(*w, 0, as_bytes("churn"), 0, [&](Result<std::size_t> r) {
+      // The callback may run later on a pipe's thread (a reader there can let
+      // the parked write in and complete it after unlocking), so it owns
+      // its counter.
+      auto write_done = std::make_shared<std::atomic<int>>(0);
+      auto wr = v.write(*w, 0, as_bytes("churn"), 0, [write_done](Result<std::size_t> r) {
         EXPECT_EQ(r.value(), 5u);
-        ++write_done;
+        ++*write_done;
       });
       if (!is_parked(wr)) {
         ASSERT_EQ(std::get<0>(wr).value(), 5u);
-        ++write_done;
+        ++*write_done;
       }
       ASSERT_TRUE(v.rename(churn, "s" + k, d->ino, "t", 0));  // into d<k>
       auto e = v.mkdir(churn, "e" + k, 0755, Caller{});
@@ -222,7 +225,11 @@ TEST(Stress, NamespaceChurnDuringIO) {
       (void)v.list(kRootIno);
       (void)v.statfs();
       ASSERT_TRUE(v.unlink(churn, "e" + k));
-      EXPECT_EQ(write_done.load(), 1);
+      // Completed by now, or being completed by the thread that let it in.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (write_done->load() == 0 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::yield();
+      EXPECT_EQ(write_done->load(), 1);
       v.release(std::move(w));
       ++rounds;
     }
