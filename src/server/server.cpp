@@ -224,8 +224,6 @@ class ConsumerSink final : public core::Sink {
   /// Waits until every stream `sub` holds has had its OPENED written (or
   /// suppressed), so that a STATUS reply written next comes after them.
   bool wait_announced(core::Subscription& sub, Clock::time_point deadline);
-  /// id -> acknowledged offset of the streams held (for STATUS "delivered").
-  void collect_acked(std::unordered_map<std::uint64_t, std::uint64_t>& out);
   /// Streams given OPENED and not CLOSED: id -> bytes sent.
   std::vector<std::pair<std::uint64_t, std::uint64_t>> unclosed();
 
@@ -357,14 +355,6 @@ class Conn : public std::enable_shared_from_this<Conn> {
   /// dying (the last words: CLOSED "shutdown", ERROR).
   bool send(std::span<const std::byte> frame, std::span<const std::byte> payload = {}, bool force = false);
 
-  void collect_acked(std::unordered_map<std::uint64_t, std::uint64_t>& out) {
-    std::shared_ptr<ConsumerSink> s;
-    {
-      std::lock_guard lk(smu_);
-      s = sink_;
-    }
-    if (s) s->collect_acked(out);
-  }
 
  private:
   void run();
@@ -399,8 +389,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   bool kill_shutdown_ = false;
   bool once_close_ = false;
 
-  // Reader thread state (smu_ guards sink_ for readers on other threads).
-  std::mutex smu_;
+  // Reader thread state.
   std::shared_ptr<ConsumerSink> sink_;
   std::shared_ptr<core::Subscription> sub_;
   bool sub_closed_ = false;
@@ -425,7 +414,7 @@ struct Server::Impl {
   int wake_fd = -1;
   std::thread acceptor;
 
-  mutable std::mutex mu;  // -> Conn::smu_ -> ConsumerSink::mu_
+  mutable std::mutex mu;  // leaf
   std::unordered_map<std::uint64_t, std::shared_ptr<Conn>> conns;
   std::vector<std::uint64_t> done;
   std::uint64_t next_serial = 1;
@@ -456,16 +445,6 @@ struct Server::Impl {
       done.clear();
     }
     for (auto& c : gone) c->join();
-  }
-  std::unordered_map<std::uint64_t, std::uint64_t> acked() {
-    std::unordered_map<std::uint64_t, std::uint64_t> out;
-    std::vector<std::shared_ptr<Conn>> all;
-    {
-      std::lock_guard lk(mu);
-      for (auto& [s, c] : conns) all.push_back(c);
-    }
-    for (auto& c : all) c->collect_acked(out);
-    return out;
   }
   void accept_loop();
 };
@@ -562,7 +541,7 @@ ConsumerSink::AckResult ConsumerSink::ack(std::uint64_t id, std::uint64_t offset
 
 bool ConsumerSink::wait_announced(core::Subscription& sub, Clock::time_point deadline) {
   std::unique_lock lk(mu_);
-  return cv_.wait_until(lk, deadline, [&] {
+  auto done = [&] {
     if (gate_ == Gate::cancelled || c_.dying()) return true;
     for (const std::uint64_t id : sub.active_ids()) {
       if (suppressed_.contains(id)) continue;
@@ -570,12 +549,15 @@ bool ConsumerSink::wait_announced(core::Subscription& sub, Clock::time_point dea
       if (it == held_.end() || !it->second.announced) return false;
     }
     return true;
-  });
-}
-
-void ConsumerSink::collect_acked(std::unordered_map<std::uint64_t, std::uint64_t>& out) {
-  std::lock_guard lk(mu_);
-  for (const auto& [id, h] : held_) out[id] = h.acked;
+  };
+  // on_open notifies; a stream that ended is dropped from held_ in
+  // on_close and leaves the subscription right after without telling us,
+  // hence the short slices.
+  while (!done()) {
+    if (Clock::now() >= deadline) return false;
+    cv_.wait_until(lk, std::min(deadline, Clock::now() + std::chrono::milliseconds(5)));
+  }
+  return true;
 }
 
 std::vector<std::pair<std::uint64_t, std::uint64_t>> ConsumerSink::unclosed() {
@@ -835,10 +817,7 @@ std::optional<proto::Error> Conn::on_subscribe(const proto::Subscribe& s) {
   so.auto_ack = false;
   so.max_active = s.once ? 1 : 0;
   auto sink = std::make_shared<ConsumerSink>(*this, s.once);
-  {
-    std::lock_guard lk(smu_);
-    sink_ = sink;
-  }
+  sink_ = sink;
   sub_ = srv_.vol.subscribe(filter, sink, so);
   // Streams that matched and had no consumer were handed over inside
   // subscribe(): with NOWAIT, none means nothing can be offered now.
@@ -887,7 +866,6 @@ std::optional<proto::Error> Conn::on_status() {
   if (sink_ && sub_ && !sub_closed_)
     (void)sink_->wait_announced(*sub_, Clock::now() + srv_.opt.close_grace);
   const std::vector<core::StreamStats> snap = srv_.vol.snapshot();
-  const auto acked = srv_.acked();
   std::vector<proto::StreamStatus> recs;
   recs.reserve(snap.size());
   for (const auto& st : snap) {
@@ -898,9 +876,7 @@ std::optional<proto::Error> Conn::on_status() {
     r.uid = st.info.writer_uid;
     r.time_ns = ns_of(st.info.created);
     r.written = st.written;
-    // Socket consumers: what they acknowledged (the core counts what was sent).
-    const auto it = acked.find(r.id);
-    r.delivered = it != acked.end() ? std::min(it->second, st.written) : st.delivered;
+    r.delivered = st.delivered;  // handed to the consumer (sent, or read through the mount)
     r.rate = st.rate;
     r.state = state_of(st);
     r.path = st.info.path;

@@ -206,7 +206,9 @@ TEST(Delivery, UnacknowledgedBytesGoToTheNextConsumer) {
 // A slow consumer slows its writer through the memory limits; nothing is
 // lost, memory stays under the cap, and another stream keeps flowing.
 TEST(Delivery, SlowConsumerAppliesBackpressureWithoutStallingOthers) {
-  Volume v(Limits{2 * MiB, 2 * MiB});
+  // The slow stream may take at most half the budget, leaving room for the
+  // others (with max_stream == max_memory it could hold it all).
+  Volume v(Limits{4 * MiB, 2 * MiB});
   auto slow = std::make_shared<Recorder>();
   slow->delay = 1ms;
   SubscriptionOptions opt;
@@ -227,7 +229,7 @@ TEST(Delivery, SlowConsumerAppliesBackpressureWithoutStallingOthers) {
       Result<std::size_t> r = is_parked(out) ? f.get() : std::get<0>(out);
       ASSERT_TRUE(r.ok());
       off += r.value();
-      EXPECT_LE(v.memory_used(), 2 * MiB);
+      EXPECT_LE(v.memory_used(), 4 * MiB);
     }
     v.release(std::move(w));
   });
@@ -243,7 +245,7 @@ TEST(Delivery, SlowConsumerAppliesBackpressureWithoutStallingOthers) {
   const auto s = slow->seen().begin()->second;
   ASSERT_EQ(s.bytes.size(), 8 * MiB);
   EXPECT_EQ(first_mismatch(1, 0, s.bytes), std::string_view::npos);
-  EXPECT_LE(v.memory_peak(), 2 * MiB);
+  EXPECT_LE(v.memory_peak(), 4 * MiB);
   s_slow->close();
   s_fast->close();
 }
