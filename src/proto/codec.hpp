@@ -189,6 +189,11 @@ struct Error {
 using Frame = std::variant<Hello, Subscribe, Ack, StatusRequest, Subscribed, Opened, Data, Renamed,
                            Closed, StatusReply, Error>;
 
+/// \brief Length of the strict UTF-8 sequence (RFC 3629: no overlong
+/// forms, no surrogates, at most U+10FFFF) starting at s[i], or 0 if none
+/// starts there.
+std::size_t utf8_sequence(std::string_view s, std::size_t i);
+
 /// \brief "bad_magic", "truncated", ... ("error_N" for an unknown code).
 std::string to_string(ErrorCode code);
 /// \brief "SUBSCRIBE", "DATA", ... ("HELLO" for a Hello).

@@ -3,37 +3,13 @@
 #include <cstdio>
 #include <ctime>
 
+#include "proto/codec.hpp"
+
 namespace capturefs::server {
 
 namespace {
 
-// Length of the valid UTF-8 sequence at s[i], or 0 if the byte there does
-// not start one.
-std::size_t utf8_seq(std::string_view s, std::size_t i) {
-  const auto c = static_cast<unsigned char>(s[i]);
-  if (c < 0x80) return 1;
-  std::size_t len;
-  unsigned lo = 0x80, hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) {
-    len = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    len = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    len = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (s.size() - i < len) return 0;
-  for (std::size_t k = 1; k < len; ++k) {
-    const auto b = static_cast<unsigned char>(s[i + k]);
-    if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) return 0;
-  }
-  return len;
-}
+using proto::utf8_sequence;
 
 constexpr char kHex[] = "0123456789abcdef";
 
@@ -47,7 +23,7 @@ void hex_escape(std::string& out, const char* prefix, unsigned char c) {
 
 bool valid_utf8(std::string_view s) {
   for (std::size_t i = 0; i < s.size();) {
-    const std::size_t n = utf8_seq(s, i);
+    const std::size_t n = utf8_sequence(s, i);
     if (n == 0) return false;
     i += n;
   }
@@ -60,7 +36,7 @@ std::string json_string(std::string_view s) {
   out += '"';
   for (std::size_t i = 0; i < s.size();) {
     const auto c = static_cast<unsigned char>(s[i]);
-    const std::size_t n = utf8_seq(s, i);
+    const std::size_t n = utf8_sequence(s, i);
     if (n > 1) {
       out.append(s.substr(i, n));
       i += n;
@@ -123,7 +99,7 @@ std::string printable(std::string_view s) {
   out.reserve(s.size());
   for (std::size_t i = 0; i < s.size();) {
     const auto c = static_cast<unsigned char>(s[i]);
-    const std::size_t n = utf8_seq(s, i);
+    const std::size_t n = utf8_sequence(s, i);
     if (n > 1) {
       out.append(s.substr(i, n));
       i += n;
