@@ -267,11 +267,13 @@ int tool_main(int argc, char** argv) {
   umount->add_flag("-z,--lazy", lazy, "Detach now even if files are still open");
 
   // Socket clients (the daemon must run with --socket PATH).
-  constexpr const char* kSocketHelp = "The daemon's socket (mount --socket PATH); default: $CAPTUREFS_SOCKET";
+  auto add_socket_option = [](CLI::App& sub, std::string& target) {
+    sub.add_option("-s,--socket", target, "The daemon's socket (mount --socket PATH); default: $CAPTUREFS_SOCKET")
+        ->envname("CAPTUREFS_SOCKET")->required()->type_name("PATH");
+  };
   CatArgs cat_args;
   auto* cat = app.add_subcommand("cat", "Write one stream's bytes to stdout, taking it through the socket");
-  cat->add_option("-s,--socket", cat_args.socket, kSocketHelp)->envname("CAPTUREFS_SOCKET")->required()
-      ->type_name("PATH");
+  add_socket_option(*cat, cat_args.socket);
   cat->add_flag("-w,--wait", cat_args.wait, "Wait for NAME to appear (default: fail at once if it does not exist)");
   cat->add_option("NAME", cat_args.name, "The stream's path relative to the mount root")->required();
   cat->footer("\nExits 0 once the stream is complete; 1 (with a message) if it was aborted, does not exist,\n"
@@ -280,8 +282,7 @@ int tool_main(int argc, char** argv) {
 
   WatchArgs watch_args;
   auto* watch = app.add_subcommand("watch", "Print one JSON line per stream event");
-  watch->add_option("-s,--socket", watch_args.socket, kSocketHelp)->envname("CAPTUREFS_SOCKET")->required()
-      ->type_name("PATH");
+  add_socket_option(*watch, watch_args.socket);
   watch->add_flag("--observe", watch_args.observe,
                   "Only watch (opened/renamed/closed); without it, watch consumes the matching streams "
                   "(and prints a line per data chunk)");
@@ -295,8 +296,7 @@ int tool_main(int argc, char** argv) {
 
   StatusArgs status_args;
   auto* status = app.add_subcommand("status", "List every live stream: writer, bytes written and delivered, rate, state");
-  status->add_option("-s,--socket", status_args.socket, kSocketHelp)->envname("CAPTUREFS_SOCKET")->required()
-      ->type_name("PATH");
+  add_socket_option(*status, status_args.socket);
   status->add_flag("--json", status_args.json, "One JSON object per line instead of a table");
 
   try {

@@ -30,24 +30,27 @@ bool valid_utf8(std::string_view s) {
   return true;
 }
 
-std::string json_string(std::string_view s) {
+// Copies valid multi-byte UTF-8 as is and hands every other byte to
+// `one(out, byte, valid)`, where `valid` is false for a byte that is not UTF-8.
+template <class One>
+std::string escape_each(std::string_view s, One one) {
   std::string out;
   out.reserve(s.size() + 2);
-  out += '"';
   for (std::size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
     const std::size_t n = utf8_sequence(s, i);
     if (n > 1) {
       out.append(s.substr(i, n));
       i += n;
-      continue;
+    } else {
+      one(out, static_cast<unsigned char>(s[i++]), n == 1);
     }
-    ++i;
-    if (n == 0) {  // not UTF-8: the byte as \u00XX
-      hex_escape(out, "\\u00", c);
-      continue;
-    }
-    switch (c) {
+  }
+  return out;
+}
+
+std::string json_string(std::string_view s) {
+  return '"' + escape_each(s, [](std::string& out, unsigned char c, bool valid) {
+    switch (valid ? c : 0) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
       case '\n': out += "\\n"; break;
@@ -55,13 +58,11 @@ std::string json_string(std::string_view s) {
       case '\t': out += "\\t"; break;
       case '\b': out += "\\b"; break;
       case '\f': out += "\\f"; break;
-      default:
-        if (c < 0x20 || c == 0x7F) hex_escape(out, "\\u00", c);
+      default:  // control characters, and bytes that are not UTF-8
+        if (!valid || c < 0x20 || c == 0x7F) hex_escape(out, "\\u00", c);
         else out += static_cast<char>(c);
     }
-  }
-  out += '"';
-  return out;
+  }) + '"';
 }
 
 std::string json_path_fields(std::string_view path, std::string_view key) {
@@ -95,34 +96,14 @@ std::string base64(std::string_view s) {
 }
 
 std::string printable(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    const std::size_t n = utf8_sequence(s, i);
-    if (n > 1) {
-      out.append(s.substr(i, n));
-      i += n;
-      continue;
-    }
-    ++i;
-    if (n == 0) {
-      hex_escape(out, "\\x", c);
-    } else if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c < 0x20 || c == 0x7F) {
-      hex_escape(out, "\\x", c);
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
+  return escape_each(s, [](std::string& out, unsigned char c, bool valid) {
+    if (valid && c == '\\') out += "\\\\";
+    else if (valid && c == '\n') out += "\\n";
+    else if (valid && c == '\t') out += "\\t";
+    else if (valid && c == '\r') out += "\\r";
+    else if (!valid || c < 0x20 || c == 0x7F) hex_escape(out, "\\x", c);
+    else out += static_cast<char>(c);
+  });
 }
 
 std::string fit_text(std::string s, std::size_t max) {
