@@ -50,6 +50,12 @@ Semantics, in short:
     wait for it, then read" works at any size without deadlock.
   - When the limits are reached, writers wait until a reader drains; Ctrl-C
     ends the wait with EINTR. A path the tool never created answers ENOENT.
+  - A writer may patch bytes nobody consumed yet and read them back; a write
+    at bytes already consumed fails with EIO and aborts the stream for its
+    consumer. --hold GLOB keeps matching files whole until their last writer
+    closes them, for tools that seek back (zip, mp4, wav headers).
+  - A file renamed before any of it was delivered is delivered under its new
+    name; otherwise the consumer is told of the rename.
   - SIGINT or SIGTERM to the daemon unmounts cleanly.
 
 With --exec CMD, every new file (matching --exec-glob, if given) is fed to
@@ -76,6 +82,7 @@ struct MountArgs {
   unsigned threads = 16;
   std::string exec;
   std::vector<std::string> exec_globs;
+  std::vector<std::string> hold;  // --hold GLOB
   std::string socket;  // --socket PATH: serve docs/protocol.md there
   unsigned exec_jobs = 0;  // 0: the number of CPUs
   bool exec_given = false;
@@ -99,6 +106,7 @@ int run_mount(const MountArgs& a) {
   opt.max_stream = size_or_throw("--max-stream", a.max_stream);
   opt.debug = a.debug;
   opt.fuse_threads = a.threads;
+  opt.hold = a.hold;
   for (const auto& o : a.options) {
     std::size_t start = 0;
     for (;;) {
@@ -253,6 +261,11 @@ int tool_main(int argc, char** argv) {
       ->type_name("N")
       ->check(CLI::Range(1U, 4096U))
       ->needs(exec);
+  mount->add_option("--hold", m.hold,
+                    "Hold files whose path matches GLOB while they are written: random writes, "
+                    "read-back and truncate work, and the file is delivered whole when its last "
+                    "writer closes it (mp4, zip, wav; counts against --max-memory); repeatable")
+      ->type_name("GLOB");
   mount->add_option("--socket", m.socket,
                     "Serve socket delivery (docs/protocol.md) on a Unix socket at PATH (mode 0600; "
                     "for `capturefs cat/watch/status` and the Python client)")

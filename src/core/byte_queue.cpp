@@ -119,6 +119,26 @@ std::size_t ByteQueue::pop(std::span<std::byte> out, std::size_t* freed) {
   return n;
 }
 
+std::size_t ByteQueue::truncate(std::size_t n) {
+  assert(n <= size_);
+  if (n == 0) return clear();
+  std::size_t freed = 0;
+  std::size_t cut = size_ - n;  // bytes to remove from the back
+  size_ = n;
+  while (cut != 0) {
+    Block& b = blocks_.back();
+    const std::size_t k = std::min(cut, b.end - b.begin);
+    b.end -= k;
+    cut -= k;
+    if (b.begin == b.end) {
+      freed += b.cap;
+      capacity_ -= b.cap;
+      blocks_.pop_back();
+    }
+  }
+  return freed;
+}
+
 std::size_t ByteQueue::clear() {
   const std::size_t freed = capacity_;
   blocks_.clear();

@@ -59,6 +59,10 @@ class ByteQueue {
   /// capacity released.
   std::size_t drop(std::size_t n);
 
+  /// \brief Keeps the first n bytes (n <= size()) and drops the rest from
+  /// the back. Returns the capacity released.
+  std::size_t truncate(std::size_t n);
+
   /// \brief Drops everything. Returns the capacity released.
   std::size_t clear();
 

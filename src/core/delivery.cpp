@@ -81,6 +81,21 @@ std::vector<std::uint64_t> Subscription::active_ids() {
   return ids;
 }
 
+std::vector<std::uint64_t> Subscription::due_ids() {
+  std::vector<std::pair<std::uint64_t, std::shared_ptr<Stream>>> unopened;
+  std::vector<std::uint64_t> ids;
+  {
+    std::lock_guard lk(mu_);
+    for (const auto& [id, a] : active_) {
+      if (a.opened) ids.push_back(id);
+      else unopened.emplace_back(id, a.stream);
+    }
+  }
+  for (const auto& [id, s] : unopened)
+    if (s->has_news()) ids.push_back(id);
+  return ids;
+}
+
 void Subscription::run() {
   std::unique_lock lk(mu_);
   for (;;) {
@@ -100,8 +115,6 @@ void Subscription::run() {
     const std::shared_ptr<Stream> s = a.stream;
     const bool opened = a.opened;
     const StreamInfo info = a.info;
-    if (!opened) a.renames.clear();  // on_open carries the current path
-    a.opened = true;
     lk.unlock();
     bool more = false;
     deliver(id, s, opened, info, &more);
@@ -116,6 +129,16 @@ void Subscription::run() {
     }
     it->second.again = false;
   }
+}
+
+StreamInfo Subscription::open_now(std::uint64_t id, StreamInfo info) {
+  std::lock_guard lk(mu_);
+  if (auto it = active_.find(id); it != active_.end()) {
+    it->second.opened = true;
+    it->second.renames.clear();  // on_open carries the current path
+    info.path = it->second.info.path;
+  }
+  return info;
 }
 
 std::vector<std::string> Subscription::take_renames(std::uint64_t id) {
@@ -136,13 +159,27 @@ void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, b
       log::error("consumer {} for '{}' failed: {}", what, info.path, e.what());
     }
   };
-  if (!opened) guarded("open", [&] { sink_->on_open(info); });
+  // The sink hears of a stream only when it has something to say (bytes, or
+  // its end), under the path it has then: a file renamed into place before
+  // any byte of it was delivered arrives under its final name.
+  auto open_once = [&] {
+    if (opened) return;
+    const StreamInfo now = open_now(id, info);
+    opened = true;
+    guarded("open", [&] { sink_->on_open(now); });
+  };
   // Serve a bounded number of chunks, then let other streams have a turn.
   for (int i = 0; i < 16; ++i) {
     // Renames are told between chunks, as soon as this thread sees them.
-    for (const auto& path : take_renames(id)) guarded("rename", [&] { sink_->on_rename(id, path); });
+    if (opened)
+      for (const auto& path : take_renames(id)) guarded("rename", [&] { sink_->on_rename(id, path); });
     Pull p = s->pull(opt_.chunk);
     if (p.kind == Pull::Kind::Nothing) return;
+    if (p.kind == Pull::Kind::Closed && p.discarded && !opened) {
+      finish(id, s);  // unlinked before the sink saw any of it: nothing to tell
+      return;
+    }
+    open_once();
     if (p.kind == Pull::Kind::Closed) {
       // The name goes before the sink hears the end; the consumer's slot
       // (max_active) is freed only after it has handled it.

@@ -78,6 +78,10 @@ class Subscription : public PushTarget, public std::enable_shared_from_this<Subs
   void renamed(std::uint64_t id, const std::string& path) override;
   /// Streams handed to this subscription and not finished.
   std::vector<std::uint64_t> active_ids();
+  /// Those of them the sink has heard of or is about to (on_open is sent
+  /// only once a stream has bytes or has ended). Takes stream locks after
+  /// mu_ is released.
+  std::vector<std::uint64_t> due_ids();
 
  private:
   struct Active {
@@ -93,6 +97,8 @@ class Subscription : public PushTarget, public std::enable_shared_from_this<Subs
   void deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, bool opened,
                const StreamInfo& info, bool* more);
   std::vector<std::string> take_renames(std::uint64_t id);
+  // Marks the stream opened and returns `info` with its current path.
+  StreamInfo open_now(std::uint64_t id, StreamInfo info);
   void finish(std::uint64_t id, const std::shared_ptr<Stream>& s);
   std::shared_ptr<Stream> stream_of(std::uint64_t id);
 

@@ -4,6 +4,8 @@
 #include <cassert>
 #include <cerrno>
 
+#include <fmt/format.h>
+
 namespace capturefs::core {
 
 timespec now() {
@@ -79,7 +81,22 @@ Stream::~Stream() {
 void Stream::add_writer() {
   std::lock_guard lk(mu_);
   ++writers_;
+  linger_ = false;  // the same stream continues
   eof_seen_ = false;
+}
+
+void Stream::end_linger(Effects& fx) {
+  std::lock_guard lk(mu_);
+  if (!linger_) return;
+  linger_ = false;
+  progress(fx);
+}
+
+void Stream::set_hold(bool on, Effects& fx) {
+  std::lock_guard lk(mu_);
+  if (delivered_ != 0 || hold_ == on) return;
+  hold_ = on;
+  progress(fx);  // released: a waiting consumer may go on
 }
 
 Result<std::uint64_t> Stream::add_reader() {
@@ -89,12 +106,19 @@ Result<std::uint64_t> Stream::add_reader() {
   return delivered_;
 }
 
-bool Stream::release(Role role, Effects& fx) {
+Released Stream::release(Role role, bool may_linger, Effects& fx) {
   std::lock_guard lk(mu_);
+  Released out;
   if (role == Role::Writer) {
     assert(writers_ > 0);
     --writers_;
-    if (writers_ == 0) progress(fx);  // parked reads (or a push consumer) may now see EOF
+    if (writers_ == 0) {
+      if (may_linger && end() == 0 && linked_ && abort_reason_.empty()) {
+        linger_ = true;
+        out.linger = true;
+      }
+      progress(fx);  // parked reads (or a push consumer) may now see EOF
+    }
   } else {
     reader_ = false;
     // What this consumer was handed is gone; the next one starts after it.
@@ -106,7 +130,8 @@ bool Stream::release(Role role, Effects& fx) {
   const bool done = writers_ == 0 && !reader_ && !push_ && writes_.empty() &&
                     ((eof_seen_ && queue_.empty()) || !linked_);
   if (done && reserved_ != 0) release_memory(queue_.clear(), fx);
-  return done && linked_;
+  out.done = done && linked_;
+  return out;
 }
 
 bool Stream::delivered() const {
@@ -119,11 +144,22 @@ bool Stream::fully_read() const {
   return writers_ == 0 && eof_seen_ && delivered_ == end() && writes_.empty();
 }
 
+void Stream::rewrote_delivered(std::uint64_t off) {
+  if (abort_reason_.empty())
+    abort_reason_ = fmt::format(
+        "a writer rewrote bytes already delivered (offset {}, {} bytes delivered)", off,
+        delivered_);
+  abort_errno_ = EIO;
+}
+
 Stream::Apply Stream::try_apply(std::uint64_t off, std::span<const std::byte> data,
                                 Result<std::size_t>* res) {
   const std::uint64_t e = end();
   if (off < delivered_) {
-    *res = Errno{EIO};  // those bytes are already with the consumer
+    // Those bytes are already with the consumer: the file it has is wrong,
+    // so it is told (aborted), and so is the writer, now and from now on.
+    rewrote_delivered(off);
+    *res = Errno{EIO};
     return Apply::Done;
   }
   const std::size_t len = data.size();
@@ -138,8 +174,19 @@ Stream::Apply Stream::try_apply(std::uint64_t off, std::span<const std::byte> da
       return Apply::Done;
     }
     const std::size_t grow = queue_.growth_for(zeros + tail.size());
-    if (reserved_ + grow > max_stream_) return Apply::NoRoom;  // wait for our reader
-    if (!budget_.try_reserve(grow, shared_from_this())) return Apply::NoRoom;
+    // A held stream cannot wait for room: nothing drains it before its
+    // writers are done. It fails at once instead.
+    const bool waits = !held();
+    if (reserved_ + grow > max_stream_) {  // wait for our reader
+      if (waits) return Apply::NoRoom;
+      *res = Errno{EFBIG};
+      return Apply::Done;
+    }
+    if (!budget_.try_reserve(grow, waits ? shared_from_this() : nullptr)) {
+      if (waits) return Apply::NoRoom;
+      *res = Errno{ENOSPC};
+      return Apply::Done;
+    }
     reserved_ += grow;
     if (overlap != 0) queue_.overwrite(off - base_, data.first(overlap));
     queue_.append(tail, zeros);
@@ -196,13 +243,15 @@ void Stream::progress(Effects& fx) {
       moved = true;
     }
   }
+  if (abort_errno_ != 0 && !discard_) discard(fx);  // a write aborted it
   maybe_wake(fx);
 }
 
 void Stream::maybe_wake(Effects& fx) {
   if (!push_ || wake_pending_ || close_sent_) return;
+  if (held() && abort_reason_.empty()) return;
   const bool data = delivered_ < end() && delivered_ - base_ < push_window_;
-  const bool ended = (writers_ == 0 && writes_.empty() && delivered_ == end()) || !abort_reason_.empty();
+  const bool ended = push_ended() || !abort_reason_.empty();
   if (!data && !ended) return;
   wake_pending_ = true;
   fx.calls.emplace_back([t = push_, id = push_id_] { t->wake(id); });
@@ -235,6 +284,10 @@ Pull Stream::pull(std::size_t max) {
   std::lock_guard lk(mu_);
   Pull p;
   if (!push_ || close_sent_) return p;
+  if (held() && abort_reason_.empty()) {
+    wake_pending_ = false;
+    return p;
+  }
   const std::uint64_t inflight = delivered_ - base_;
   if (abort_reason_.empty() && delivered_ < end() && inflight < push_window_) {
     const std::size_t n = static_cast<std::size_t>(
@@ -246,14 +299,14 @@ Pull Stream::pull(std::size_t max) {
     delivered_ += n;
     return p;
   }
-  const bool ended = writers_ == 0 && writes_.empty() && delivered_ == end();
-  if (ended || !abort_reason_.empty()) {
+  if (push_ended() || !abort_reason_.empty()) {
     close_sent_ = true;
     p.kind = Pull::Kind::Closed;
     p.end.total = end();
     p.end.complete = abort_reason_.empty();
     p.end.reason = abort_reason_;
     p.finished = base_ == delivered_;
+    p.discarded = unlinked_end_;
     return p;
   }
   wake_pending_ = false;
@@ -283,6 +336,13 @@ std::shared_ptr<PushTarget> Stream::push_target() const {
   return push_;
 }
 
+bool Stream::has_news() const {
+  std::lock_guard lk(mu_);
+  if (!abort_reason_.empty()) return true;
+  if (held()) return false;
+  return delivered_ < end() || push_ended();
+}
+
 bool Stream::has_consumer() const {
   std::lock_guard lk(mu_);
   return reader_ || push_ != nullptr;
@@ -290,7 +350,9 @@ bool Stream::has_consumer() const {
 
 Stream::Serve Stream::prepare_read(std::uint64_t pos, std::size_t size, std::size_t* n,
                                    Effects& fx) {
+  if (!abort_reason_.empty()) return Serve::Error;  // never a silent short file
   if (pos < base_) return Serve::Error;  // seeking back past what we kept
+  if (held()) return Serve::Wait;
   pos = std::min(pos, end());
   if (pos > base_) {
     release_memory(queue_.drop(pos - base_), fx);
@@ -317,7 +379,7 @@ Outcome<std::size_t> Stream::write(std::uint64_t off, std::span<const std::byte>
   if (writes_.empty()) {
     Result<std::size_t> r = 0;
     if (try_apply(off, data, &r) == Apply::Done) {
-      if (r.ok()) progress(fx);
+      if (r.ok() || abort_errno_ != 0) progress(fx);
       return r;
     }
   }
@@ -366,6 +428,17 @@ Outcome<std::span<const std::byte>> Stream::read(std::uint64_t pos, std::size_t 
   reads_.push_back(PendingRead{key, pos, size, std::move(done), key == 0, false});
   park_key(key);
   return Parked{};
+}
+
+Result<std::span<const std::byte>> Stream::read_back(std::uint64_t pos, std::size_t size) {
+  thread_local std::vector<std::byte> buf;
+  std::lock_guard lk(mu_);
+  if (pos < base_) return Errno{EIO};  // consumed: gone
+  if (pos >= end()) return std::span<const std::byte>{};
+  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(size, end() - pos));
+  if (buf.size() < n) buf.resize(n);
+  queue_.peek(pos - base_, {buf.data(), n});
+  return std::span<const std::byte>(buf.data(), n);
 }
 
 namespace {
@@ -449,16 +522,30 @@ void Stream::discard(Effects& fx) {
 void Stream::unlinked(Effects& fx) {
   std::lock_guard lk(mu_);
   linked_ = false;
-  if (push_ && !close_sent_ && abort_reason_.empty()) abort_reason_ = "unlinked before it was fully delivered";
+  linger_ = false;
+  if (push_ && !close_sent_ && abort_reason_.empty()) {
+    abort_reason_ = "unlinked before it was fully delivered";
+    unlinked_end_ = true;
+  }
   if (!reader_) discard(fx);
 }
 
 Status Stream::truncate(std::uint64_t size, Effects& fx) {
   std::lock_guard lk(mu_);
-  if (size == end()) return Ok{};
-  if (size != 0 || delivered_ != 0) return Errno{EINVAL};
-  release_memory(queue_.clear(), fx);
-  base_ = 0;
+  const std::uint64_t e = end();
+  if (size == e) return Ok{};
+  if (size < delivered_) return Errno{EINVAL};  // those bytes are with the consumer
+  if (size < e) {
+    release_memory(queue_.truncate(static_cast<std::size_t>(size - base_)), fx);
+  } else {
+    const std::uint64_t zeros = size - e;
+    if (queue_.size() + zeros > max_stream_) return Errno{EFBIG};
+    const std::size_t grow = queue_.growth_for(static_cast<std::size_t>(zeros));
+    if (reserved_ + grow > max_stream_) return Errno{EFBIG};
+    if (!budget_.try_reserve(grow, nullptr)) return Errno{ENOSPC};
+    reserved_ += grow;
+    queue_.append({}, static_cast<std::size_t>(zeros));
+  }
   meta_.mtime = meta_.ctime = now();
   progress(fx);
   return Ok{};

@@ -66,6 +66,14 @@ struct Pull {
   std::vector<std::byte> bytes;  // Data
   StreamEnd end;                 // Closed
   bool finished = false;         // Closed, and every byte acknowledged
+  bool discarded = false;        // Closed because unlinked: a consumer that
+                                 // was told nothing yet need not be told
+};
+
+/// \brief What Stream::release() found.
+struct Released {
+  bool done = false;    ///< fully delivered: the name can go
+  bool linger = false;  ///< closed empty: its end waits for end_linger()
 };
 
 class Stream : public std::enable_shared_from_this<Stream> {
@@ -98,6 +106,8 @@ class Stream : public std::enable_shared_from_this<Stream> {
   /// discarded if it is 0.
   void abort(std::string reason, int write_errno, Effects& fx);
   bool has_consumer() const;
+  /// \brief A push consumer has something to be told: bytes, or the end.
+  bool has_news() const;
   /// \brief The push consumer, if any (to tell it of a rename).
   std::shared_ptr<PushTarget> push_target() const;
 
@@ -106,10 +116,23 @@ class Stream : public std::enable_shared_from_this<Stream> {
   /// offset 0): where an earlier consumer that left early stopped.
   Result<std::uint64_t> add_reader();
 
-  /// \brief Drops a writer or the consumer. Returns true when the stream is
-  /// now fully delivered (the consumer read EOF and left, no writer), so its
+  /// \brief Drops a writer or the consumer. `done` when the stream is now
+  /// fully delivered (the consumer read EOF and left, no writer), so its
   /// name can go.
-  [[nodiscard]] bool release(Role role, Effects& fx);
+  ///
+  /// `may_linger`: if this was the last writer and nothing was ever written,
+  /// the end is not shown to a push consumer until end_linger() (the
+  /// creating process may reopen the file: zip's probe, create-then-write
+  /// tools). Read-through readers are not held back.
+  [[nodiscard]] Released release(Role role, bool may_linger, Effects& fx);
+  /// \brief The creating process is gone: an empty stream may end now.
+  void end_linger(Effects& fx);
+
+  /// \brief Holds the stream (`--hold`): while a writer has it open, it is
+  /// an ordinary in-memory file (random writes, read-back, truncate) and
+  /// consumers see nothing; it is delivered whole once the last writer
+  /// leaves. Only changes a stream nothing of which was delivered yet.
+  void set_hold(bool on, Effects& fx);
 
   /// \brief Writes at an offset (see README semantics). May park.
   Outcome<std::size_t> write(std::uint64_t off, std::span<const std::byte> data, WaitKey key,
@@ -124,6 +147,12 @@ class Stream : public std::enable_shared_from_this<Stream> {
   Outcome<std::span<const std::byte>> read(std::uint64_t pos, std::size_t size, bool nonblock,
                                            WaitKey key, ReadDone done, Effects& fx);
 
+  /// \brief A writer reads back its own bytes at stream offset `pos`
+  /// without consuming them: bytes already consumed give EIO, the end gives
+  /// EOF (an empty span, never a wait). The span is valid until the calling
+  /// thread's next read.
+  Result<std::span<const std::byte>> read_back(std::uint64_t pos, std::size_t size);
+
   /// \brief Phase two of parking: completers may now finish the op.
   void arm(WaitKey key, Effects& fx);
   /// \brief Ends a parked op with EINTR (deferred to arm() if unarmed).
@@ -137,8 +166,10 @@ class Stream : public std::enable_shared_from_this<Stream> {
   /// later writes are accepted and discarded.
   void unlinked(Effects& fx);
 
-  /// \brief Truncation: to the current size always works; to 0 only while
-  /// nothing was consumed (drops buffered bytes). Otherwise EINVAL.
+  /// \brief Truncation to any size not below the bytes already consumed:
+  /// shrinking drops the tail, growing appends zero bytes (EFBIG past the
+  /// stream limit, ENOSPC if memory is full: truncate cannot wait). Cutting
+  /// into consumed bytes: EINVAL.
   Status truncate(std::uint64_t size, Effects& fx);
 
   /// \brief Counters for a status listing (updates the rate sample).
@@ -169,6 +200,14 @@ class Stream : public std::enable_shared_from_this<Stream> {
   enum class Apply : std::uint8_t { Done, NoRoom };
 
   std::uint64_t end() const { return base_ + queue_.size(); }
+  // A writer has it, or it waits for its creator to come back.
+  bool writing() const { return writers_ > 0 || linger_; }
+  // Held for its writers: consumers see nothing yet.
+  bool held() const { return hold_ && writers_ > 0 && delivered_ == 0; }
+  // Ended for a push consumer: no writer, nothing pending, all handed out.
+  bool push_ended() const { return !writing() && writes_.empty() && delivered_ == end(); }
+  // A write reached bytes already delivered: the stream is aborted.
+  void rewrote_delivered(std::uint64_t off);
   enum class Serve : std::uint8_t { Data, Eof, Wait, Error };
   // Consumes up to pos and says what a read at pos gets; for Data, *n bytes
   // are available at pos.
@@ -197,6 +236,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
   bool eof_seen_ = false;  // the consumer was told EOF
   bool linked_ = true;     // has a name
   bool discard_ = false;   // unlinked without consumer: drop everything
+  bool hold_ = false;      // --hold: see set_hold()
+  bool linger_ = false;    // closed empty; the end waits for end_linger()
+  bool unlinked_end_ = false;  // the push consumer's end is an unlink
   // Push consumer (exclusive with reader_).
   std::shared_ptr<PushTarget> push_;
   std::uint64_t push_id_ = 0;

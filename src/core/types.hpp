@@ -17,7 +17,7 @@ namespace capturefs::core {
 using Ino = std::uint64_t;
 inline constexpr Ino kRootIno = 1;
 
-enum class Kind : std::uint8_t { Directory, Stream };
+enum class Kind : std::uint8_t { Directory, Stream, Symlink };
 
 /// Preferred I/O size reported in st_blksize.
 inline constexpr std::uint32_t kBlockSize = 128 * 1024;

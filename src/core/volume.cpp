@@ -19,7 +19,11 @@ Meta fresh_meta(std::uint32_t mode, const Caller& who) {
 }
 }  // namespace
 
-Volume::Volume(Limits limits) : limits_(limits), budget_(limits.max_memory) {
+Volume::Volume(Limits limits, Policy policy)
+    : limits_(limits),
+      policy_(std::move(policy)),
+      self_pid_(static_cast<std::int32_t>(getpid())),
+      budget_(limits.max_memory) {
   auto root = std::make_shared<Node>();
   root->ino = kRootIno;
   root->kind = Kind::Directory;
@@ -210,12 +214,21 @@ Attr Volume::attr_of(const Node& n) const {
   if (n.kind == Kind::Stream) return n.stream->attr(n.ino);
   Attr a;
   a.ino = n.ino;
-  a.kind = Kind::Directory;
+  a.kind = n.kind;
   a.meta = n.meta;
+  if (n.kind == Kind::Symlink) {
+    a.nlink = n.linked ? 1 : 0;
+    a.size = n.target.size();
+    return a;
+  }
   a.nlink = n.linked ? 2 + n.subdirs : 0;
   a.size = 4096;
   a.blocks = 8;
   return a;
+}
+
+void Volume::apply_hold(const Node& n, Effects& fx) {
+  if (n.stream && policy_.hold) n.stream->set_hold(policy_.hold(path_locked(n)), fx);
 }
 
 Volume::NodePtr Volume::add_node(Node& parent, std::string_view name, Kind kind,
@@ -225,12 +238,12 @@ Volume::NodePtr Volume::add_node(Node& parent, std::string_view name, Kind kind,
   n->kind = kind;
   n->parent = parent.ino;
   n->name = std::string(name);
-  if (kind == Kind::Directory) {
-    n->meta = fresh_meta(mode, who);
-    ++parent.subdirs;
-  } else {
+  if (kind == Kind::Stream) {
     n->stream = std::make_shared<Stream>(budget_, parking_, limits_.max_stream,
                                          fresh_meta(mode, who));
+  } else {
+    n->meta = fresh_meta(mode, who);
+    if (kind == Kind::Directory) ++parent.subdirs;
   }
   n->creator_pid = who.pid;
   n->creator_uid = who.uid;
@@ -299,7 +312,7 @@ Result<Attr> Volume::setattr(Ino ino, const SetAttr& sa) {
       }
       n->stream->set_meta(sa);
     } else {
-      if (sa.set_size) return Errno{EISDIR};
+      if (sa.set_size) return Errno{n->kind == Kind::Directory ? EISDIR : EINVAL};
       if (sa.set_mode) n->meta.mode = sa.mode & 07777;
       if (sa.set_uid) n->meta.uid = sa.uid;
       if (sa.set_gid) n->meta.gid = sa.gid;
@@ -316,13 +329,20 @@ Result<Attr> Volume::setattr(Ino ino, const SetAttr& sa) {
 Result<Attr> Volume::make(Ino parent, std::string_view name, Kind kind, std::uint32_t mode,
                           const Caller& who) {
   if (auto st = check_name(name); !st) return Errno{st.error()};
-  std::lock_guard lk(tree_mu_);
-  auto d = dir(parent);
-  if (!d) return Errno{d.error()};
-  if ((*d)->children.contains(name)) return Errno{EEXIST};
-  NodePtr n = add_node(**d, name, kind, mode, who);
-  ++n->nlookup;
-  return attr_of(*n);
+  Effects fx;
+  Result<Attr> out = Errno{EIO};
+  {
+    std::lock_guard lk(tree_mu_);
+    auto d = dir(parent);
+    if (!d) return Errno{d.error()};
+    if ((*d)->children.contains(name)) return Errno{EEXIST};
+    NodePtr n = add_node(**d, name, kind, mode, who);
+    apply_hold(*n, fx);
+    ++n->nlookup;
+    out = attr_of(*n);
+  }
+  settle(std::move(fx));
+  return out;
 }
 
 Result<Attr> Volume::mkdir(Ino parent, std::string_view name, std::uint32_t mode,
@@ -333,6 +353,29 @@ Result<Attr> Volume::mkdir(Ino parent, std::string_view name, std::uint32_t mode
 Result<Attr> Volume::mknod(Ino parent, std::string_view name, std::uint32_t mode,
                            const Caller& who) {
   return make(parent, name, Kind::Stream, mode, who);  // offered to consumers once a writer opens it
+}
+
+Result<Attr> Volume::symlink(Ino parent, std::string_view name, std::string_view target,
+                             const Caller& who) {
+  if (target.empty()) return Errno{ENOENT};
+  if (target.size() >= 4096) return Errno{ENAMETOOLONG};
+  if (auto st = check_name(name); !st) return Errno{st.error()};
+  std::lock_guard lk(tree_mu_);
+  auto d = dir(parent);
+  if (!d) return Errno{d.error()};
+  if ((*d)->children.contains(name)) return Errno{EEXIST};
+  NodePtr n = add_node(**d, name, Kind::Symlink, 0777, who);
+  n->target = std::string(target);
+  ++n->nlookup;
+  return attr_of(*n);
+}
+
+Result<std::string> Volume::readlink(Ino ino) {
+  std::lock_guard lk(tree_mu_);
+  NodePtr n = find(ino);
+  if (!n) return Errno{ENOENT};
+  if (n->kind != Kind::Symlink) return Errno{EINVAL};
+  return n->target;
 }
 
 Status Volume::unlink(Ino parent, std::string_view name) {
@@ -400,13 +443,15 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
       if (dst->kind == Kind::Directory && inside(dst->ino, sp.ino)) return Errno{EINVAL};
       sp.children[src.name] = dst->ino;
       dp.children[dst->name] = src.ino;
-      if (src.kind != dst->kind && sp.ino != dp.ino) {
-        const int d = src.kind == Kind::Directory ? 1 : -1;
+      const int d = int{src.kind == Kind::Directory} - int{dst->kind == Kind::Directory};
+      if (d != 0 && sp.ino != dp.ino) {
         sp.subdirs -= d;
         dp.subdirs += d;
       }
       std::swap(src.name, dst->name);
       std::swap(src.parent, dst->parent);
+      apply_hold(src, fx);
+      apply_hold(*dst, fx);
     } else {
       if (dst) {
         if (src.kind == Kind::Directory && dst->kind != Kind::Directory) return Errno{ENOTDIR};
@@ -422,6 +467,7 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
       src.name = std::string(newname);
       src.parent = dp.ino;
       dp.children.emplace(src.name, src.ino);
+      apply_hold(src, fx);
       if (src.stream && !src.stream->has_consumer()) assign(src, fx);
     }
     for (Node* moved : {&src, dst.get()}) {
@@ -478,17 +524,20 @@ Result<Volume::Created> Volume::create(Ino parent, std::string_view name, std::u
       if (flags & O_EXCL) return Errno{EEXIST};
       n = find(it->second);
       if (n->kind == Kind::Directory) return Errno{EISDIR};
+      if (n->kind == Kind::Symlink) return Errno{ELOOP};  // the kernel follows links itself
       if ((flags & O_TRUNC) && role_of(flags) == Role::Writer) {
         if (auto st = n->stream->truncate(0, fx); !st) return Errno{st.error()};
       }
     } else {
       n = add_node(**d, name, Kind::Stream, mode, who);
+      apply_hold(*n, fx);
       notify(fx, [info = info_of(*n)](Observer& o) { o.created(info); });
     }
     auto h = std::make_unique<Handle>();
     h->ino = n->ino;
     h->role = role_of(flags);
     h->nonblock = (flags & O_NONBLOCK) != 0;
+    h->creator_pid = n->creator_pid;
     h->stream = n->stream;
     if (h->role == Role::Reader) {
       auto st = n->stream->add_reader();
@@ -510,6 +559,7 @@ Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags) {
   NodePtr n = find(ino);
   if (!n || !n->linked) return Errno{ENOENT};
   if (n->kind == Kind::Directory) return Errno{EISDIR};
+  if (n->kind == Kind::Symlink) return Errno{ELOOP};
   Effects fx;
   if ((flags & O_TRUNC) && role_of(flags) == Role::Writer) {
     if (auto st = n->stream->truncate(0, fx); !st) return Errno{st.error()};
@@ -518,6 +568,7 @@ Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags) {
   h->ino = ino;
   h->role = role_of(flags);
   h->nonblock = (flags & O_NONBLOCK) != 0;
+  h->creator_pid = n->creator_pid;
   h->stream = n->stream;
   if (h->role == Role::Reader) {
     auto st = n->stream->add_reader();
@@ -553,7 +604,23 @@ void Volume::flush(Handle& h) {
 
 void Volume::release(std::unique_ptr<Handle> h) {
   Effects fx;
-  if (h->stream->release(h->role, fx)) {
+  // A stream closed empty by a writer waits for its creator to exit (or
+  // reopen it) before a push consumer sees its end.
+  const bool may_linger = h->role == Role::Writer && policy_.exits && h->creator_pid > 0 &&
+                          h->creator_pid != self_pid_;
+  const Released rel = h->stream->release(h->role, may_linger, fx);
+  if (rel.linger) {
+    std::weak_ptr<Stream> w = h->stream;
+    const bool watched = policy_.exits->watch(h->creator_pid, [w] {
+      if (auto s = w.lock()) {
+        Effects later;
+        s->end_linger(later);
+        settle(std::move(later));
+      }
+    });
+    if (!watched) h->stream->end_linger(fx);  // already gone
+  }
+  if (rel.done) {
     std::lock_guard lk(tree_mu_);
     NodePtr n = find(h->ino);
     if (n && n->linked && n->stream == h->stream && n->stream->delivered()) {
@@ -580,7 +647,7 @@ Outcome<std::size_t> Volume::write(Handle& h, std::uint64_t off, std::span<const
 
 Outcome<std::span<const std::byte>> Volume::read(Handle& h, std::uint64_t off, std::size_t size,
                                                  WaitKey key, ReadDone done) {
-  if (h.role != Role::Reader) return Result<std::span<const std::byte>>(Errno{EINVAL});
+  if (h.role != Role::Reader) return h.stream->read_back(off, size);
   Effects fx;
   auto out = h.stream->read(h.shift + off, size, h.nonblock, key, std::move(done), fx);
   settle(std::move(fx));

@@ -25,6 +25,7 @@
 
 #include "core/budget.hpp"
 #include "core/delivery.hpp"
+#include "core/exit_watch.hpp"
 #include "core/stream.hpp"
 #include "core/types.hpp"
 
@@ -37,7 +38,18 @@ struct Handle {
   Role role = Role::Writer;
   bool nonblock = false;
   std::uint64_t shift = 0;  ///< consumers: stream offset of file offset 0
+  std::int32_t creator_pid = 0;  ///< the process that created the stream
   std::shared_ptr<Stream> stream;
+};
+
+/// \brief Delivery rules beyond the memory limits.
+struct Policy {
+  /// Paths held while written (`--hold`, see Stream::set_hold). Empty: none.
+  PathFilter hold;
+  /// Watches creators so that a stream closed empty can be reopened by the
+  /// same process as the same stream (see Stream::release). Null: a stream
+  /// closed empty ends at once.
+  std::shared_ptr<ExitWatch> exits;
 };
 
 struct StatFs {
@@ -48,7 +60,7 @@ struct StatFs {
 
 class Volume {
  public:
-  explicit Volume(Limits limits);
+  explicit Volume(Limits limits, Policy policy = {});
   ~Volume();
   Volume(const Volume&) = delete;
   Volume& operator=(const Volume&) = delete;
@@ -64,6 +76,10 @@ class Volume {
   Result<Attr> mkdir(Ino parent, std::string_view name, std::uint32_t mode, const Caller& who);
   /// Creates an empty stream with no writer (mknod S_IFREG).
   Result<Attr> mknod(Ino parent, std::string_view name, std::uint32_t mode, const Caller& who);
+  /// \brief A symbolic link in the virtual tree (never delivered).
+  Result<Attr> symlink(Ino parent, std::string_view name, std::string_view target,
+                       const Caller& who);
+  Result<std::string> readlink(Ino ino);
   Status unlink(Ino parent, std::string_view name);
   Status rmdir(Ino parent, std::string_view name);
   Status rename(Ino parent, std::string_view name, Ino newparent, std::string_view newname,
@@ -97,8 +113,8 @@ class Volume {
   /// \brief See Stream::write. `done` is called only if Parked is returned.
   Outcome<std::size_t> write(Handle& h, std::uint64_t off, std::span<const std::byte> data,
                              WaitKey key, WriteDone done);
-  /// \brief See Stream::read; `off` is the consumer's file offset.
-  /// EINVAL on a writer's handle.
+  /// \brief See Stream::read; `off` is the consumer's file offset. On a
+  /// writer's handle: Stream::read_back (never parks).
   Outcome<std::span<const std::byte>> read(Handle& h, std::uint64_t off, std::size_t size,
                                            WaitKey key, ReadDone done);
   /// \brief Phase two of parking (see stream.hpp).
@@ -141,7 +157,8 @@ class Volume {
     std::string name;
     bool linked = true;
     std::uint64_t nlookup = 0;
-    Meta meta;                                       // directories only
+    Meta meta;                                       // directories, symlinks
+    std::string target;                              // symlinks only
     std::map<std::string, Ino, std::less<>> children;  // directories only
     std::uint32_t subdirs = 0;                       // directories only
     std::shared_ptr<Stream> stream;                  // streams only
@@ -168,6 +185,8 @@ class Volume {
                     const Caller& who);
   void assign(Node& n, Effects& fx);
   void offer_waiting(Effects& fx);
+  // Applies --hold to a stream after it got its path.
+  void apply_hold(const Node& n, Effects& fx);
   StreamInfo info_of(const Node& n) const;
   // Queues observer calls, run once the tree lock is released.
   template <class F>
@@ -176,6 +195,8 @@ class Volume {
   }
 
   const Limits limits_;
+  const Policy policy_;
+  const std::int32_t self_pid_;  // our own writers never linger
   Budget budget_;
   Parking parking_;
 

@@ -70,10 +70,19 @@ void checked(fuse_req_t req, const char* op, F&& body) {
 }
 
 // ---- Conversions ------------------------------------------------------------
+mode_t type_bits(core::Kind k) {
+  switch (k) {
+    case core::Kind::Directory: return S_IFDIR;
+    case core::Kind::Symlink: return S_IFLNK;
+    case core::Kind::Stream: break;
+  }
+  return S_IFREG;
+}
+
 struct stat to_stat(const core::Attr& a) {
   struct stat st{};
   st.st_ino = a.ino;
-  st.st_mode = (a.kind == core::Kind::Directory ? S_IFDIR : S_IFREG) | a.meta.mode;
+  st.st_mode = type_bits(a.kind) | a.meta.mode;
   st.st_nlink = a.nlink;
   st.st_uid = a.meta.uid;
   st.st_gid = a.meta.gid;
@@ -195,6 +204,20 @@ void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, 
     // Only regular files exist here: never a FIFO, socket or device node.
     if (!S_ISREG(mode)) return r.err(EPERM);
     reply_entry(r, vol(req).mknod(parent, name, mode, caller(req)));
+  });
+}
+
+void op_symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+  checked(req, "symlink", [&](Reply& r) {
+    reply_entry(r, vol(req).symlink(parent, name, target, caller(req)));
+  });
+}
+
+void op_readlink(fuse_req_t req, fuse_ino_t ino) {
+  checked(req, "readlink", [&](Reply& r) {
+    auto t = vol(req).readlink(ino);
+    if (!t) return r.err(t.error());
+    r.readlink(t.value());
   });
 }
 
@@ -371,7 +394,7 @@ void op_readdir(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse
         const core::DirEntry& e = d.entries[i - 2];
         name = e.name.c_str();
         st.st_ino = e.ino;
-        st.st_mode = e.kind == core::Kind::Directory ? S_IFDIR : S_IFREG;
+        st.st_mode = type_bits(e.kind);
       }
       const std::size_t n = fuse_add_direntry(req, buf.data() + used, size - used, name, &st,
                                               static_cast<off_t>(i + 1));
@@ -400,7 +423,6 @@ void op_setxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t, i
 void op_getxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) { fuse_reply_err(req, ENOTSUP); }
 void op_listxattr(fuse_req_t req, fuse_ino_t, size_t) { fuse_reply_err(req, ENOTSUP); }
 void op_removexattr(fuse_req_t req, fuse_ino_t, const char*) { fuse_reply_err(req, ENOTSUP); }
-void op_symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) { fuse_reply_err(req, EPERM); }
 void op_link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { fuse_reply_err(req, EPERM); }
 void op_fallocate(fuse_req_t req, fuse_ino_t, int, off_t, off_t, fuse_file_info*) {
   fuse_reply_err(req, EOPNOTSUPP);
@@ -443,6 +465,7 @@ const fuse_lowlevel_ops& Adapter::ops() {
     o.unlink = op_unlink;
     o.rmdir = op_rmdir;
     o.symlink = op_symlink;
+    o.readlink = op_readlink;
     o.rename = op_rename;
     o.link = op_link;
     o.open = op_open;

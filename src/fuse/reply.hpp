@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <span>
+#include <string>
 #include <utility>
 
 #include "core/log.hpp"
@@ -44,6 +45,7 @@ class Reply {
     fuse_reply_buf(take(), reinterpret_cast<const char*>(b.data()), b.size());
   }
   void statfs(const struct statvfs& s) { fuse_reply_statfs(take(), &s); }
+  void readlink(const std::string& target) { fuse_reply_readlink(take(), target.c_str()); }
   /// Returns false if the kernel no longer wanted the answer (the opener was
   /// interrupted); the caller must then undo the open itself.
   [[nodiscard]] bool open(const fuse_file_info& fi) { return fuse_reply_open(take(), &fi) == 0; }

@@ -130,7 +130,10 @@ Mount::Mount(const Options& opt, bool serve_now) : impl_(std::make_unique<Impl>(
   limits.max_memory = opt.max_memory;
   limits.max_stream = std::min(opt.max_stream, opt.max_memory);
   impl_->mountpoint = *abs;
-  impl_->vol = std::make_unique<core::Volume>(limits);
+  core::Policy policy;
+  if (!opt.hold.empty()) policy.hold = core::glob_filter(opt.hold);
+  policy.exits = core::make_pidfd_exit_watch();
+  impl_->vol = std::make_unique<core::Volume>(limits, std::move(policy));
   fuse::SessionOptions so;
   so.mountpoint = *abs;
   so.debug = opt.debug;

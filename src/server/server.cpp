@@ -251,7 +251,9 @@ class ConsumerSink final : public core::Sink {
 
   Conn& c_;
   const bool once_;
-  std::mutex mu_;  // leaf, except that wait_announced calls Subscription::active_ids (a leaf)
+  // Leaf, except that wait_announced calls Subscription::due_ids (which
+  // takes Subscription::mu_, then Stream::mu_ of each unopened stream).
+  std::mutex mu_;
   std::condition_variable cv_;
   Gate gate_ = Gate::waiting;
   std::unordered_map<std::uint64_t, Held> held_;
@@ -543,7 +545,7 @@ bool ConsumerSink::wait_announced(core::Subscription& sub, Clock::time_point dea
   std::unique_lock lk(mu_);
   auto done = [&] {
     if (gate_ == Gate::cancelled || c_.dying()) return true;
-    for (const std::uint64_t id : sub.active_ids()) {
+    for (const std::uint64_t id : sub.due_ids()) {
       if (suppressed_.contains(id)) continue;
       auto it = held_.find(id);
       if (it == held_.end() || !it->second.announced) return false;

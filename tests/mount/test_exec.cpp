@@ -74,7 +74,16 @@ TEST(Exec, GzipEachFileIntoAnArchive) {
     const std::size_t size = i == 0 ? 0 : i == 1 ? 1 : static_cast<std::size_t>(i) * i * 431 % (1 << 20);
     files[rel] = payload(rel, size);
   }
-  for (const auto& [rel, data] : files) write_whole(m.at(rel), data);
+  for (const auto& [rel, data] : files) {
+    if (!data.empty()) {
+      write_whole(m.at(rel), data);
+      continue;
+    }
+    // An empty file ends when the process that created it is gone (it might
+    // reopen it), so a short-lived process creates it, as a tool would.
+    RunResult r = run({"/bin/sh", "-c", ": > \"$1\"", "sh", m.at(rel)});
+    ASSERT_TRUE(r.ok()) << r.describe();
+  }
 
   ASSERT_TRUE(wait_log_count(m, "': exit 0", files.size(), 60s)) << tail(m.daemon_stderr());
   for (const auto& [rel, data] : files) {

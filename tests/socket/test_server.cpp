@@ -323,6 +323,7 @@ TEST_F(ServerTest, NowaitSaysNotFoundOrBusy) {
     EXPECT_EQ(e.message, "no stream matches");
   }
   Writer w(vol, "taken");
+  w.write("x");  // OPENED comes with the first bytes
   ProtoClient holder(sock);
   holder.send(sub_of({"taken"}, true, true, true));
   holder.expect<proto::Subscribed>();

@@ -437,18 +437,22 @@ TEST_F(Names, TruncateToZeroBeforeConsumptionDropsTheBytes) {
   v.release(std::move(r));
 }
 
-TEST_F(Names, TruncateElsewhereIsEINVAL) {
+TEST_F(Names, TruncateShrinksOrGrowsWhatIsNotConsumedYet) {
   auto w = writer(v, "s");
   ASSERT_EQ(write_now(v, *w, 0, "abcdef").value(), 6u);
-  EXPECT_EQ(v.setattr(w->ino, truncate_to(3)).error(), EINVAL);
-  EXPECT_EQ(v.setattr(w->ino, truncate_to(100)).error(), EINVAL);
-  // After consumption even 0 is refused; the current size still works.
+  EXPECT_EQ(v.setattr(w->ino, truncate_to(3))->size, 3u);  // drops the tail
+  EXPECT_EQ(v.setattr(w->ino, truncate_to(5))->size, 5u);  // zero bytes appended
   auto r = reader(v, "s");
   EXPECT_EQ(read_now(v, r, 2).value(), "ab");
+  // Cutting into consumed bytes is refused; down to them is fine.
+  EXPECT_EQ(v.setattr(w->ino, truncate_to(1)).error(), EINVAL);
   EXPECT_EQ(v.setattr(w->ino, truncate_to(0)).error(), EINVAL);
-  EXPECT_TRUE(v.setattr(w->ino, truncate_to(6)));
-  EXPECT_EQ(v.getattr(w->ino)->size, 6u);
-  EXPECT_EQ(read_now(v, r, 100).value(), "cdef");
+  EXPECT_TRUE(v.setattr(w->ino, truncate_to(4)));
+  EXPECT_EQ(v.getattr(w->ino)->size, 4u);
+  EXPECT_EQ(read_now(v, r, 100).value(), std::string("c\0", 2));
+  // Growing past the stream limit: EFBIG, nothing changes.
+  EXPECT_EQ(v.setattr(w->ino, truncate_to(v.limits().max_stream + 8)).error(), EFBIG);
+  EXPECT_EQ(v.getattr(w->ino)->size, 4u);
   v.release(std::move(w));
   v.release(std::move(r));
 }

@@ -48,6 +48,12 @@ struct Options {
   std::uint64_t max_memory = 1ULL << 30;     ///< bytes buffered, all streams
   std::uint64_t max_stream = 256ULL << 20;   ///< bytes buffered, one stream
   std::vector<std::string> fuse_options;     ///< "-o" options, e.g. "allow_other"
+  /// Globs (fnmatch, `*` matches `/`) of paths *held* while written: random
+  /// writes, read-back and truncate work, and the file is delivered whole
+  /// once its last writer closes it. Held bytes count against max_memory;
+  /// a held write that does not fit fails with ENOSPC (or EFBIG past
+  /// max_stream) instead of waiting.
+  std::vector<std::string> hold;
   unsigned fuse_threads = 16;                ///< FUSE worker threads
   bool debug = false;                        ///< log every FUSE request
 };

@@ -1,0 +1,126 @@
+#include "core/exit_watch.hpp"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "core/log.hpp"
+
+namespace capturefs::core {
+
+namespace {
+
+int pidfd_open(std::int32_t pid) {
+#ifdef SYS_pidfd_open
+  return static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+#else
+  (void)pid;
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+class PidfdExitWatch final : public ExitWatch {
+ public:
+  PidfdExitWatch() = default;
+  ~PidfdExitWatch() override {
+    if (stop_fd_ >= 0) {
+      const std::uint64_t one = 1;
+      (void)!::write(stop_fd_, &one, sizeof one);
+    }
+    if (thread_.joinable()) thread_.join();
+    for (auto& [fd, cb] : watched_) ::close(fd);
+    if (epoll_fd_ >= 0) ::close(epoll_fd_);
+    if (stop_fd_ >= 0) ::close(stop_fd_);
+  }
+  PidfdExitWatch(const PidfdExitWatch&) = delete;
+  PidfdExitWatch& operator=(const PidfdExitWatch&) = delete;
+
+  bool watch(std::int32_t pid, std::function<void()> on_exit) override {
+    if (pid <= 0) return false;
+    const int fd = pidfd_open(pid);  // no lock held across the syscalls
+    if (fd < 0) return false;        // ESRCH: gone; EINVAL: a thread id
+    std::lock_guard lk(mu_);
+    if (!started_ && !start()) {
+      ::close(fd);
+      return false;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+      ::close(fd);
+      return false;
+    }
+    watched_.emplace(fd, std::move(on_exit));
+    return true;
+  }
+
+ private:
+  // Called with mu_ held, once.
+  bool start() {
+    epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+    stop_fd_ = eventfd(0, EFD_CLOEXEC);
+    if (epoll_fd_ < 0 || stop_fd_ < 0) {
+      log::error("exit watch: cannot start: {}", std::strerror(errno));
+      return false;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = stop_fd_;
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, stop_fd_, &ev) != 0) return false;
+    started_ = true;
+    thread_ = std::thread([this] { run(); });
+    return true;
+  }
+
+  void run() {
+    std::vector<epoll_event> evs(64);
+    for (;;) {
+      const int n = epoll_wait(epoll_fd_, evs.data(), static_cast<int>(evs.size()), -1);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        log::error("exit watch: epoll_wait: {}", std::strerror(errno));
+        return;
+      }
+      std::vector<std::function<void()>> due;
+      {
+        std::lock_guard lk(mu_);
+        for (int i = 0; i < n; ++i) {
+          const int fd = evs[static_cast<std::size_t>(i)].data.fd;
+          if (fd == stop_fd_) return;
+          auto it = watched_.find(fd);
+          if (it == watched_.end()) continue;
+          due.push_back(std::move(it->second));
+          watched_.erase(it);
+          epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+          ::close(fd);
+        }
+      }
+      for (auto& f : due) f();  // no lock held
+    }
+  }
+
+  // Lock order: a leaf. Never held while calling back or waiting.
+  std::mutex mu_;
+  bool started_ = false;
+  int epoll_fd_ = -1;
+  int stop_fd_ = -1;
+  std::unordered_map<int, std::function<void()>> watched_;  // pidfd -> callback
+  std::thread thread_;
+};
+
+}  // namespace
+
+std::unique_ptr<ExitWatch> make_pidfd_exit_watch() { return std::make_unique<PidfdExitWatch>(); }
+
+}  // namespace capturefs::core
