@@ -1,5 +1,6 @@
 #include "core/exit_watch.hpp"
 
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -7,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <condition_variable>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -44,6 +46,44 @@ class PidfdExitWatch final : public ExitWatch {
   }
   PidfdExitWatch(const PidfdExitWatch&) = delete;
   PidfdExitWatch& operator=(const PidfdExitWatch&) = delete;
+
+  void clear() override {
+    std::unique_lock lk(mu_);
+    for (auto& [fd, cb] : watched_) {
+      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+      ::close(fd);
+    }
+    watched_.clear();
+    idle_.wait(lk, [&] { return running_ == 0; });
+  }
+
+  void poll_now() override {
+    std::vector<pollfd> fds;
+    {
+      std::lock_guard lk(mu_);
+      for (const auto& [fd, cb] : watched_) fds.push_back(pollfd{fd, POLLIN, 0});
+    }
+    if (fds.empty() || ::poll(fds.data(), fds.size(), 0) <= 0) return;  // no lock held
+    std::vector<std::function<void()>> due;
+    {
+      std::lock_guard lk(mu_);
+      for (const pollfd& p : fds) {
+        if ((p.revents & POLLIN) == 0) continue;
+        auto it = watched_.find(p.fd);
+        if (it == watched_.end()) continue;  // the watcher thread took it
+        due.push_back(std::move(it->second));
+        watched_.erase(it);
+        epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, p.fd, nullptr);
+        ::close(p.fd);
+      }
+      running_ += due.size();
+    }
+    for (auto& f : due) {
+      f();
+      std::lock_guard lk(mu_);
+      if (--running_ == 0) idle_.notify_all();
+    }
+  }
 
   bool watch(std::int32_t pid, std::function<void()> on_exit) override {
     if (pid <= 0) return false;
@@ -105,13 +145,20 @@ class PidfdExitWatch final : public ExitWatch {
           epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
           ::close(fd);
         }
+        running_ += due.size();
       }
-      for (auto& f : due) f();  // no lock held
+      for (auto& f : due) {
+        f();  // no lock held
+        std::lock_guard lk(mu_);
+        if (--running_ == 0) idle_.notify_all();
+      }
     }
   }
 
   // Lock order: a leaf. Never held while calling back or waiting.
   std::mutex mu_;
+  std::condition_variable idle_;  // running_ fell to 0
+  std::size_t running_ = 0;       // callbacks being called now
   bool started_ = false;
   int epoll_fd_ = -1;
   int stop_fd_ = -1;

@@ -18,6 +18,13 @@ class ExitWatch {
   /// has exited. Returns false (and never calls it) if the process cannot
   /// be watched: already gone, not a process leader, or no pid at all.
   virtual bool watch(std::int32_t pid, std::function<void()> on_exit) = 0;
+  /// \brief Forgets every pending callback; when it returns, none is
+  /// running or will run. Call with no lock that a callback takes.
+  virtual void clear() = 0;
+  /// \brief Runs, in the calling thread, the callbacks of processes that
+  /// have exited by now, so that a caller who knows a process is gone (it
+  /// reaped it) sees the consequences before it goes on.
+  virtual void poll_now() {}
 };
 
 /// \brief The Linux implementation: one pidfd per watched process and one

@@ -343,6 +343,11 @@ bool Stream::has_news() const {
   return delivered_ < end() || push_ended();
 }
 
+bool Stream::end_handed_out() const {
+  std::lock_guard lk(mu_);
+  return close_sent_;
+}
+
 bool Stream::has_consumer() const {
   std::lock_guard lk(mu_);
   return reader_ || push_ != nullptr;

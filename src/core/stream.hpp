@@ -106,6 +106,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
   /// discarded if it is 0.
   void abort(std::string reason, int write_errno, Effects& fx);
   bool has_consumer() const;
+  /// \brief A push consumer was handed the end: the stream is over for it,
+  /// and bytes written now would reach nobody.
+  bool end_handed_out() const;
   /// \brief A push consumer has something to be told: bytes, or the end.
   bool has_news() const;
   /// \brief The push consumer, if any (to tell it of a rename).

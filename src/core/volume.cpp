@@ -34,6 +34,7 @@ Volume::Volume(Limits limits, Policy policy)
 }
 
 Volume::~Volume() {
+  if (policy_.exits) policy_.exits->clear();  // no callback into us from here on
   std::vector<std::shared_ptr<Subscription>> subs;
   {
     std::lock_guard lk(tree_mu_);
@@ -83,12 +84,16 @@ void Volume::unobserve(const Observer* o) {
   std::erase_if(observers_, [o](const std::shared_ptr<Observer>& x) { return x.get() == o; });
 }
 
+void Volume::sync_exits() {
+  if (policy_.exits) policy_.exits->poll_now();
+}
+
 std::vector<StreamStats> Volume::snapshot() {
   const timespec t = now();
   std::vector<StreamStats> out;
   std::lock_guard lk(tree_mu_);
   for (const auto& [ino, n] : nodes_) {
-    if (!n->stream || !n->linked) continue;
+    if (!n->stream || !n->linked || n->retired) continue;
     StreamStats st;
     st.info = info_of(*n);
     n->stream->stats(&st, t);
@@ -100,7 +105,7 @@ std::vector<StreamStats> Volume::snapshot() {
 }
 
 void Volume::assign(Node& n, Effects& fx) {
-  if (subs_.empty() || !n.stream || !n.linked) return;
+  if (subs_.empty() || !n.stream || !n.linked || n.retired) return;
   const std::string path = path_locked(n);
   for (std::size_t i = 0; i < subs_.size(); ++i) {
     const std::size_t k = (next_sub_ + i) % subs_.size();
@@ -139,7 +144,7 @@ void Volume::unsubscribe(const Subscription* sub) {
 void Volume::offer_waiting(Effects& fx) {
   std::vector<NodePtr> waiting;
   for (const auto& [ino, n] : nodes_)
-    if (n->stream && n->linked && !n->stream->has_consumer()) waiting.push_back(n);
+    if (n->stream && n->linked && !n->retired && !n->stream->has_consumer()) waiting.push_back(n);
   std::sort(waiting.begin(), waiting.end(),
             [](const NodePtr& a, const NodePtr& b) { return a->ino < b->ino; });
   for (const auto& n : waiting) assign(*n, fx);
@@ -151,7 +156,7 @@ void Volume::push_unname(std::uint64_t id, const std::shared_ptr<Stream>& s) {
     std::lock_guard lk(tree_mu_);
     NodePtr n = find(id);
     if (n && n->linked && n->stream == s) {
-      if (NodePtr p = find(n->parent)) detach(*p, *n, fx, /*delivered=*/true);
+      if (NodePtr p = find(n->parent)) retire(*p, *n, fx);
     }
   }
   settle(std::move(fx));
@@ -165,7 +170,7 @@ void Volume::push_finished(std::uint64_t id, const std::shared_ptr<Stream>& s) {
     // The name goes first, while the consumer is still attached: a stream
     // that is named and has no consumer would be offered again.
     if (n && n->linked && n->stream == s) {
-      if (NodePtr p = find(n->parent)) detach(*p, *n, fx, /*delivered=*/true);
+      if (NodePtr p = find(n->parent)) retire(*p, *n, fx);
     }
     s->detach_push(fx);
     // A subscription with a limit on active streams may take more now.
@@ -254,8 +259,48 @@ Volume::NodePtr Volume::add_node(Node& parent, std::string_view name, Kind kind,
   return n;
 }
 
-void Volume::detach(Node& parent, Node& n, Effects& fx, bool delivered) {
+void Volume::retire(Node& parent, Node& n, Effects& fx) {
+  // Tools keep working on their output after close: utimensat and chmod
+  // (gzip, bzip2), stat, rename of a temp file into place (rsync). So the
+  // name of a delivered stream stays while the process that created it
+  // lives. Observers hear of the end now; a writer that opens the name
+  // again starts a new stream (drop_if_ended).
+  if (n.retired) return;
+  const std::int32_t pid = n.creator_pid;
+  if (!policy_.exits || pid <= 0 || pid == self_pid_) return detach(parent, n, fx, true);
   if (n.stream && !observers_.empty()) {
+    StreamEnd end;
+    end.total = n.stream->attr(n.ino).size;
+    notify(fx, [id = n.ino, end](Observer& o) { o.ended(id, end); });
+  }
+  n.retired = true;
+  fx.calls.emplace_back([this, pid, ino = n.ino, w = std::weak_ptr<Stream>(n.stream)] {
+    if (!policy_.exits->watch(pid, [this, ino, w] { creator_exited(ino, w); }))
+      creator_exited(ino, w);  // already gone
+  });
+}
+
+void Volume::creator_exited(Ino ino, const std::weak_ptr<Stream>& w) {
+  Effects fx;
+  {
+    std::lock_guard lk(tree_mu_);
+    NodePtr n = find(ino);
+    std::shared_ptr<Stream> s = w.lock();
+    if (n && s && n->linked && n->retired && n->stream == s) {
+      if (NodePtr p = find(n->parent)) detach(*p, *n, fx, true);
+    }
+  }
+  settle(std::move(fx));
+}
+
+bool Volume::drop_if_ended(Node& n, Effects& fx) {
+  if (!n.retired && !n.stream->end_handed_out()) return false;
+  if (NodePtr p = find(n.parent)) detach(*p, n, fx, true);
+  return true;
+}
+
+void Volume::detach(Node& parent, Node& n, Effects& fx, bool delivered) {
+  if (n.stream && !n.retired && !observers_.empty()) {
     StreamEnd end;
     end.total = n.stream->attr(n.ino).size;
     end.complete = delivered;
@@ -274,12 +319,14 @@ void Volume::maybe_drop(const Node& n) {
   if (n.ino != kRootIno && !n.linked && n.nlookup == 0) nodes_.erase(n.ino);
 }
 
-Result<Attr> Volume::lookup(Ino parent, std::string_view name) {
+Result<Attr> Volume::lookup(Ino parent, std::string_view name, std::int32_t pid) {
   std::lock_guard lk(tree_mu_);
   auto d = dir(parent);
   if (!d) return Errno{d.error()};
   auto c = child(**d, name);
   if (!c) return Errno{c.error()};
+  // A delivered name kept for its creator exists for that process only.
+  if ((*c)->retired && (pid == 0 || pid != (*c)->creator_pid)) return Errno{ENOENT};
   ++(*c)->nlookup;
   return attr_of(**c);
 }
@@ -491,6 +538,7 @@ Result<std::vector<DirEntry>> Volume::list(Ino ino) {
   out.reserve((*d)->children.size());
   for (const auto& [name, child_ino] : (*d)->children) {
     NodePtr c = find(child_ino);
+    if (c && c->retired) continue;  // delivered: gone for listings
     out.push_back(DirEntry{name, child_ino, c ? c->kind : Kind::Stream});
   }
   return out;
@@ -520,67 +568,73 @@ Result<Volume::Created> Volume::create(Ino parent, std::string_view name, std::u
     if (!d) return Errno{d.error()};
     NodePtr n;
     if (auto it = (*d)->children.find(name); it != (*d)->children.end()) {
+      // A delivered name kept for its creator is no obstacle: the new file
+      // is a new stream.
+      if (NodePtr old = find(it->second); old->kind == Kind::Stream) (void)drop_if_ended(*old, fx);
+    }
+    if (auto it = (*d)->children.find(name); it != (*d)->children.end()) {
       // Lost a race with another creator: open what is there.
       if (flags & O_EXCL) return Errno{EEXIST};
       n = find(it->second);
       if (n->kind == Kind::Directory) return Errno{EISDIR};
       if (n->kind == Kind::Symlink) return Errno{ELOOP};  // the kernel follows links itself
-      if ((flags & O_TRUNC) && role_of(flags) == Role::Writer) {
-        if (auto st = n->stream->truncate(0, fx); !st) return Errno{st.error()};
-      }
     } else {
       n = add_node(**d, name, Kind::Stream, mode, who);
       apply_hold(*n, fx);
       notify(fx, [info = info_of(*n)](Observer& o) { o.created(info); });
     }
-    auto h = std::make_unique<Handle>();
-    h->ino = n->ino;
-    h->role = role_of(flags);
-    h->nonblock = (flags & O_NONBLOCK) != 0;
-    h->creator_pid = n->creator_pid;
-    h->stream = n->stream;
-    if (h->role == Role::Reader) {
-      auto st = n->stream->add_reader();
-      if (!st) return Errno{st.error()};
-      h->shift = *st;
-    } else {
-      n->stream->add_writer();  // before assign(): a writerless stream reads as ended
-      if (!n->stream->has_consumer()) assign(*n, fx);
-    }
+    auto h = attach(*n, flags, fx);
+    if (!h) return Errno{h.error()};
     ++n->nlookup;
-    out = Created{attr_of(*n), std::move(h)};
+    out = Created{attr_of(*n), std::move(h.value())};
   }
   settle(std::move(fx));
   return out;
 }
 
-Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags) {
-  std::unique_lock lk(tree_mu_);
-  NodePtr n = find(ino);
-  if (!n || !n->linked) return Errno{ENOENT};
-  if (n->kind == Kind::Directory) return Errno{EISDIR};
-  if (n->kind == Kind::Symlink) return Errno{ELOOP};
-  Effects fx;
-  if ((flags & O_TRUNC) && role_of(flags) == Role::Writer) {
-    if (auto st = n->stream->truncate(0, fx); !st) return Errno{st.error()};
+Result<std::unique_ptr<Handle>> Volume::attach(Node& n, int flags, Effects& fx) {
+  const Role role = role_of(flags);
+  if ((flags & O_TRUNC) && role == Role::Writer) {
+    if (auto st = n.stream->truncate(0, fx); !st) return Errno{st.error()};
   }
   auto h = std::make_unique<Handle>();
-  h->ino = ino;
-  h->role = role_of(flags);
+  h->ino = n.ino;
+  h->role = role;
   h->nonblock = (flags & O_NONBLOCK) != 0;
-  h->creator_pid = n->creator_pid;
-  h->stream = n->stream;
-  if (h->role == Role::Reader) {
-    auto st = n->stream->add_reader();
-    if (!st) return Errno{st.error()};
-    h->shift = *st;
+  h->creator_pid = n.creator_pid;
+  h->stream = n.stream;
+  if (role == Role::Reader) {
+    auto st = n.stream->add_reader();
+    if (st) h->shift = *st;
+    else if (st.error() == EBUSY) h->passive = true;  // reads get EBUSY
+    else return Errno{st.error()};
   } else {
-    n->stream->add_writer();
-    if (!n->stream->has_consumer()) assign(*n, fx);
+    n.stream->add_writer();  // before assign(): a writerless stream reads as ended
+    if (!n.stream->has_consumer()) assign(n, fx);
   }
-  lk.unlock();
-  settle(std::move(fx));
   return h;
+}
+
+Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags) {
+  Effects fx;
+  Result<std::unique_ptr<Handle>> out = Errno{EIO};
+  {
+    std::lock_guard lk(tree_mu_);
+    NodePtr n = find(ino);
+    if (!n || !n->linked) return Errno{ENOENT};
+    if (n->kind == Kind::Directory) return Errno{EISDIR};
+    if (n->kind == Kind::Symlink) return Errno{ELOOP};
+    if (role_of(flags) == Role::Writer && drop_if_ended(*n, fx)) {
+      // Its bytes went out: a writer joining now would write to nobody. The
+      // name is gone, and ESTALE makes the kernel look the path up again,
+      // so that O_CREAT makes a new stream (and a plain open gets ENOENT).
+      out = Errno{ESTALE};
+    } else {
+      out = attach(*n, flags, fx);
+    }
+  }
+  settle(std::move(fx));
+  return out;
 }
 
 void Volume::abort(Handle& h, std::string reason) {
@@ -590,19 +644,20 @@ void Volume::abort(Handle& h, std::string reason) {
 }
 
 void Volume::flush(Handle& h) {
-  if (h.role != Role::Reader || !h.stream->fully_read()) return;
+  if (h.role != Role::Reader || h.passive || !h.stream->fully_read()) return;
   Effects fx;
   {
     std::lock_guard lk(tree_mu_);
     NodePtr n = find(h.ino);
     if (n && n->linked && n->stream == h.stream && n->stream->fully_read()) {
-      if (NodePtr p = find(n->parent)) detach(*p, *n, fx, /*delivered=*/true);
+      if (NodePtr p = find(n->parent)) retire(*p, *n, fx);
     }
   }
   settle(std::move(fx));
 }
 
 void Volume::release(std::unique_ptr<Handle> h) {
+  if (h->passive) return;
   Effects fx;
   // A stream closed empty by a writer waits for its creator to exit (or
   // reopen it) before a push consumer sees its end.
@@ -624,7 +679,7 @@ void Volume::release(std::unique_ptr<Handle> h) {
     std::lock_guard lk(tree_mu_);
     NodePtr n = find(h->ino);
     if (n && n->linked && n->stream == h->stream && n->stream->delivered()) {
-      if (NodePtr p = find(n->parent)) detach(*p, *n, fx, /*delivered=*/true);
+      if (NodePtr p = find(n->parent)) retire(*p, *n, fx);
     }
   } else if (h->role == Role::Reader) {
     // A reader that left early: a subscriber may take the rest.
@@ -648,6 +703,7 @@ Outcome<std::size_t> Volume::write(Handle& h, std::uint64_t off, std::span<const
 Outcome<std::span<const std::byte>> Volume::read(Handle& h, std::uint64_t off, std::size_t size,
                                                  WaitKey key, ReadDone done) {
   if (h.role != Role::Reader) return h.stream->read_back(off, size);
+  if (h.passive) return Result<std::span<const std::byte>>(Errno{EBUSY});
   Effects fx;
   auto out = h.stream->read(h.shift + off, size, h.nonblock, key, std::move(done), fx);
   settle(std::move(fx));

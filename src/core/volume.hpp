@@ -38,6 +38,9 @@ struct Handle {
   Role role = Role::Writer;
   bool nonblock = false;
   std::uint64_t shift = 0;  ///< consumers: stream offset of file offset 0
+  /// A read-only open of a stream another consumer has: fstat, fchmod and
+  /// close work, read() gets EBUSY (rsync opens its temp file so).
+  bool passive = false;
   std::int32_t creator_pid = 0;  ///< the process that created the stream
   std::shared_ptr<Stream> stream;
 };
@@ -69,7 +72,10 @@ class Volume {
 
   // ---- Names. Calls that return an Attr for a node count one lookup
   // reference (balanced by forget()), as FUSE expects.
-  Result<Attr> lookup(Ino parent, std::string_view name);
+  /// \brief `pid`: the asking process. A delivered stream's name kept for
+  /// the process that created it (see retire()) is found by that process
+  /// only.
+  Result<Attr> lookup(Ino parent, std::string_view name, std::int32_t pid = 0);
   void forget(Ino ino, std::uint64_t n);
   Result<Attr> getattr(Ino ino);
   Result<Attr> setattr(Ino ino, const SetAttr& sa);
@@ -98,7 +104,9 @@ class Volume {
   Result<Created> create(Ino parent, std::string_view name, std::uint32_t mode, int flags,
                          const Caller& who);
   /// \brief open() of an existing stream: O_RDONLY attaches the consumer
-  /// (EBUSY if taken), anything else adds a writer.
+  /// (or, if it has one, gives a passive handle whose reads get EBUSY),
+  /// anything else adds a writer (ESTALE if the stream was delivered: the
+  /// name is gone and a new lookup makes a new stream).
   Result<std::unique_ptr<Handle>> open(Ino ino, int flags);
   /// \brief A close(2) of the handle (one of possibly several). A consumer
   /// that has read to EOF takes the name with it now, so that the name is
@@ -134,6 +142,9 @@ class Volume {
   /// \brief Registers an observer of stream events (until unobserve()).
   void observe(std::shared_ptr<Observer> o);
   void unobserve(const Observer* o);
+  /// \brief Applies the exits of creating processes that are gone by now
+  /// (empty files end, delivered names go) before the caller goes on.
+  void sync_exits();
   /// \brief Every live stream that has a name, oldest first.
   std::vector<StreamStats> snapshot();
 
@@ -164,6 +175,7 @@ class Volume {
     std::shared_ptr<Stream> stream;                  // streams only
     std::int32_t creator_pid = 0;                    // streams only
     std::uint32_t creator_uid = 0;
+    bool retired = false;  // fully delivered; the name waits for its creator to exit
     timespec created{};
   };
   using NodePtr = std::shared_ptr<Node>;
@@ -178,6 +190,13 @@ class Volume {
   // it was unlinked).
   void detach(Node& parent, Node& n, Effects& fx, bool delivered = false);
   void maybe_drop(const Node& n);
+  // The stream at n is fully delivered: its name goes, now or once its
+  // creating process has exited (see retire() in volume.cpp).
+  void retire(Node& parent, Node& n, Effects& fx);
+  void creator_exited(Ino ino, const std::weak_ptr<Stream>& s);
+  // A stream a new writer must not join (its end went out): true after
+  // detaching it.
+  bool drop_if_ended(Node& n, Effects& fx);
   static Status check_name(std::string_view name);
   std::string path_locked(const Node& n) const;
   // Offers an unconsumed stream to the subscriptions (round-robin).
@@ -185,6 +204,8 @@ class Volume {
                     const Caller& who);
   void assign(Node& n, Effects& fx);
   void offer_waiting(Effects& fx);
+  // Opens stream n for open(2) `flags` (see open()).
+  Result<std::unique_ptr<Handle>> attach(Node& n, int flags, Effects& fx);
   // Applies --hold to a stream after it got its path.
   void apply_hold(const Node& n, Effects& fx);
   StreamInfo info_of(const Node& n) const;

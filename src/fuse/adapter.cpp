@@ -150,7 +150,8 @@ void op_init(void* /*userdata*/, fuse_conn_info* conn) {
 
 // ---- Entries --------------------------------------------------------------------
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  checked(req, "lookup", [&](Reply& r) { reply_entry(r, vol(req).lookup(parent, name)); });
+  checked(req, "lookup",
+          [&](Reply& r) { reply_entry(r, vol(req).lookup(parent, name, caller(req).pid)); });
 }
 
 void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t n) {

@@ -865,6 +865,8 @@ std::optional<proto::Error> Conn::on_ack(const proto::Ack& a) {
 std::optional<proto::Error> Conn::on_status() {
   // On a consuming connection, the reply comes after the OPENED of every
   // stream the subscription holds now (a client may use it as a barrier).
+  // A tool the client saw exit counts as gone: its empty files have ended.
+  srv_.vol.sync_exits();
   if (sink_ && sub_ && !sub_closed_)
     (void)sink_->wait_announced(*sub_, Clock::now() + srv_.opt.close_grace);
   const std::vector<core::StreamStats> snap = srv_.vol.snapshot();

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -229,6 +230,20 @@ bool Mount::unmount(std::string* why) {
 int stat_err(const std::string& path, struct ::stat* st) {
   struct ::stat tmp{};
   return ::stat(path.c_str(), st ? st : &tmp) == 0 ? 0 : errno;
+}
+
+int stat_err_elsewhere(const std::string& path) {
+  const char* p = path.c_str();
+  const pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    struct ::stat st{};
+    _exit(::stat(p, &st) == 0 ? 0 : (errno & 0x7f));
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 UniqueFd open_fd(const std::string& path, int flags, mode_t mode) {

@@ -123,6 +123,10 @@ class Mount {
 
 /// stat(2): 0 or the errno.
 int stat_err(const std::string& path, struct ::stat* st = nullptr);
+/// stat(2) from a forked child: what any process but this one sees (the
+/// name of a delivered stream stays visible to the process that created
+/// it, until it exits).
+int stat_err_elsewhere(const std::string& path);
 /// open(2) with O_CLOEXEC added (so children never inherit it); on
 /// failure the UniqueFd is empty and errno is set.
 UniqueFd open_fd(const std::string& path, int flags, mode_t mode = 0644);

@@ -148,6 +148,39 @@ TEST_F(Tools, AWaveHeaderPatchAfterDeliveryFailsLoudlyWithoutHold) {
   EXPECT_FALSE(exited_with(reader.wait_or_kill(30s), 0)) << "the reader must see the abort";
 }
 
+TEST_F(Tools, ADeliveredNameStaysForItsCreatorUntilItExits) {
+  // gzip and bzip2 set the times of their output after closing it; rsync
+  // renames its temp file into place after closing it. A consumer may have
+  // taken the bytes by then.
+  const std::string code =
+      "import os, sys\n"
+      "p, q = sys.argv[1], sys.argv[2]\n"
+      "with open(p, \"wb\") as f:\n"
+      "    f.write(b\"data\")\n"
+      "print(\"closed\", flush=True)\n"
+      "sys.stdin.readline()\n"
+      "os.utime(p, (1, 1))\n"
+      "os.chmod(p, 0o600)\n"
+      "os.rename(p, q)\n"
+      "assert os.stat(q).st_mtime == 1\n";
+  SpawnOptions o;
+  o.pipe_stdin = true;
+  o.pipe_stdout = true;
+  Child tool = Child::spawn({"python3", "-B", "-c", code, at(".out.tmp"), at("out")}, o);
+  ASSERT_EQ(read_exactly(tool.stdout_fd(), 7, 30s), "closed\n");
+  EXPECT_EQ(cat(at(".out.tmp")), "data");  // consumed
+  EXPECT_EQ(stat_err_elsewhere(at(".out.tmp")), ENOENT);  // gone for everyone else
+  EXPECT_EQ(list_dir(mnt().path()), std::vector<std::string>{});
+  ASSERT_EQ(write_all(tool.stdin_fd(), "go\n"), "");
+  tool.close_stdin();
+  EXPECT_TRUE(exited_with(tool.wait_or_kill(30s), 0)) << tool.err();
+  // Once the tool is gone, so is the name, for everyone.
+  EXPECT_TRUE(eventually([&] { return stat_err(at("out")) == ENOENT; }, 10s));
+  // A new file under the name is a new stream.
+  ASSERT_TRUE(sh("printf new > " + at("out")).ok());
+  EXPECT_EQ(cat(at("out")), "new");
+}
+
 class WithSocket : public MountTest {
   bool with_socket() const override { return true; }
 };

@@ -72,7 +72,7 @@ TEST_F(SocketTest, CatWritesTheStreamAcknowledgesItAndTheNameGoes) {
   RunResult r = run(cli({"cat", "--socket", sock(), "result.txt"}));
   ASSERT_TRUE(r.ok()) << r.describe();
   EXPECT_EQ(r.out, "line one\nline two\n");
-  EXPECT_EQ(stat_err(at("result.txt")), ENOENT);  // delivered: gone
+  EXPECT_EQ(stat_err_elsewhere(at("result.txt")), ENOENT);  // delivered: gone
 }
 
 TEST_F(SocketTest, CatOfAMissingNameFailsAtOnceNamingTheSocketAndTheName) {
@@ -172,7 +172,7 @@ TEST_F(SocketTest, WatchWithoutObserveConsumesAndPrintsDataLines) {
   EXPECT_NE(lines[1].find("\"length\":5"), std::string::npos) << lines[1];
   EXPECT_NE(lines[2].find("\"event\":\"closed\""), std::string::npos) << lines[2];
   EXPECT_NE(lines[2].find("\"status\":\"complete\""), std::string::npos) << lines[2];
-  EXPECT_TRUE(eventually([&] { return stat_err(at("w1")) == ENOENT; }, 10s));
+  EXPECT_TRUE(eventually([&] { return stat_err_elsewhere(at("w1")) == ENOENT; }, 10s));
   watch.kill_and_reap();
 }
 

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <chrono>
 #include <functional>
 #include <future>
@@ -238,6 +239,60 @@ TEST(Stress, NamespaceChurnDuringIO) {
   EXPECT_TRUE(v.list(churn)->empty());
   EXPECT_EQ(v.memory_used(), 0u);
   EXPECT_LE(v.memory_peak(), limits.max_memory);
+}
+
+// A million files created, written, consumed and gone, in 8 directories,
+// by 2 threads: nothing may be left behind (names, nodes, memory).
+// CAPTUREFS_MILLION lowers the count for quick runs.
+TEST(Stress, AMillionFilesLeaveNothingBehind) {
+  const char* env = std::getenv("CAPTUREFS_MILLION");
+  const std::size_t total = env != nullptr ? std::strtoull(env, nullptr, 10) : 1000000;
+  Volume v(Limits{});
+  std::vector<Ino> dirs;
+  for (int d = 0; d < 8; ++d)
+    dirs.push_back(must(v.mkdir(kRootIno, "d" + std::to_string(d), 0755, Caller{}), "mkdir").ino);
+  const std::uint64_t baseline = v.statfs().files;
+  std::atomic<std::size_t> delivered{0};
+  std::atomic<int> failures{0};
+  auto work = [&](std::size_t first, std::size_t n) {
+    const std::string data(100, 'x');
+    for (std::size_t i = first; i < first + n; ++i) {
+      const Ino dir = dirs[i % dirs.size()];
+      const std::string name = "f" + std::to_string(i);
+      auto c = v.create(dir, name, 0644, O_WRONLY | O_CREAT | O_EXCL, Caller{});
+      if (!c || !write_now(v, *c->handle, 0, data)) {
+        ++failures;
+        return;
+      }
+      const Ino ino = c->attr.ino;
+      v.release(std::move(c->handle));
+      auto r = v.open(ino, O_RDONLY);
+      if (!r) {
+        ++failures;
+        return;
+      }
+      Consumer cons{std::move(r.value()), 0};
+      auto got = read_now(v, cons, 4096);
+      auto eof = read_now(v, cons, 4096);
+      if (!got || got->size() != 100 || !eof || !eof->empty()) {
+        ++failures;
+        return;
+      }
+      v.flush(*cons.h);  // close(): the name goes
+      v.release(std::move(cons.h));
+      v.forget(ino, 1);  // the kernel's reference from create
+      delivered += got->size();
+    }
+  };
+  std::thread t1(work, 0, total / 2);
+  std::thread t2(work, total / 2, total - total / 2);
+  t1.join();
+  t2.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(delivered.load(), total * 100);
+  EXPECT_EQ(v.statfs().files, baseline);  // every node is gone
+  EXPECT_EQ(v.memory_used(), 0u);
+  for (Ino d : dirs) EXPECT_TRUE(v.list(d)->empty());
 }
 
 }  // namespace

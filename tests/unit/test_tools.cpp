@@ -38,6 +38,10 @@ class FakeExits : public ExitWatch {
     ++watches_;
     return true;
   }
+  void clear() override {
+    std::lock_guard lk(mu_);
+    waiting_.clear();
+  }
   void exit(std::int32_t pid) {
     std::vector<std::function<void()>> due;
     {
