@@ -56,6 +56,10 @@ def summarize(results, cfg, consumers):
                 row["ratio_to_pipe"][kind] = ratio(row["mib_s"][kind], row["mib_s"]["pipe"])
             row["capturefs_bytes_per_read"] = stats(
                 [x.get("bytes_per_read") for x in tp.get(f"{size}|{pin}|capturefs", [])])
+            # Bytes per consumer call: per read(), DATA frame or on_data call.
+            row["bytes_per_call"] = {c["key"]: stats([x.get("bytes_per_read")
+                                                      for x in tp.get(f"{size}|{pin}|{c['key']}", [])])
+                                     for c in consumers}
             if pin == "pinned" and size in TPUT_TARGET:
                 r = row["ratio_to_pipe"].get("capturefs")
                 row["target"] = {"min_ratio": TPUT_TARGET[size],
@@ -72,6 +76,7 @@ def summarize(results, cfg, consumers):
         row["capturefs_vs_mkfifo"] = ratio(row["files_s"]["capturefs"], row["files_s"]["mkfifo"])
         row["capturefs_vs_mkfifo_tmpfs"] = ratio(row["files_s"]["capturefs"], row["files_s"]["mkfifo-tmpfs"])
         row["capturefs_vs_tmpfs"] = ratio(row["files_s"]["capturefs"], row["files_s"]["tmpfs"])
+        row["vs_mkfifo"] = {c["key"]: ratio(row["files_s"][c["key"]], row["files_s"]["mkfifo"]) for c in consumers}
         if pin == "pinned":
             c = row["files_s"]["capturefs"]
             v = row["capturefs_vs_mkfifo"]
@@ -92,6 +97,8 @@ def summarize(results, cfg, consumers):
             row["p99_us"][kind] = stats([x["p99_us"] for x in samples])
         row["p50_ratio_to_pipe"] = ratio(row["p50_us"]["capturefs"], row["p50_us"]["pipe"])
         row["p99_ratio_to_pipe"] = ratio(row["p99_us"]["capturefs"], row["p99_us"]["pipe"])
+        row["p50_ratio"] = {c["key"]: ratio(row["p50_us"][c["key"]], row["p50_us"]["pipe"]) for c in consumers}
+        row["p99_ratio"] = {c["key"]: ratio(row["p99_us"][c["key"]], row["p99_us"]["pipe"]) for c in consumers}
         if pin == "pinned":
             p50, p99 = row["p50_us"]["capturefs"], row["p99_us"]["capturefs"]
             row["target"] = {"p50_us": LAT_TARGET_P50_US, "p99_us": LAT_TARGET_P99_US,
@@ -108,6 +115,7 @@ def summarize(results, cfg, consumers):
             for kind in ["pipe"] + [c["key"] for c in consumers]:
                 row["mib_s"][kind] = stats([x["mib_s"] for x in sc.get(f"{pairs}|{pin}|{kind}", [])])
             row["ratio_to_pipe"] = ratio(row["mib_s"]["capturefs"], row["mib_s"]["pipe"])
+            row["ratios"] = {c["key"]: ratio(row["mib_s"][c["key"]], row["mib_s"]["pipe"]) for c in consumers}
             rows.append(row)
     out["scale"] = rows
 
@@ -226,83 +234,127 @@ def markdown(meta, s, consumers, not_built):
 
     secs = meta["sections"]
     extra = consumers[1:]
+    def built(c):
+        return bool(c.get("helper_kind"))
+
     if "throughput" in secs:
-        lines.append("## Throughput (MiB/s; one writer process, one reader process)")
+        lines.append("## Throughput (MiB/s; one writer process, one consumer)")
         lines.append("")
-        lines.append("Reader reads max(write size, 128 KiB) per call. tmpfs: write the file under "
-                     "/dev/shm, then read it back (not concurrent). Target: capturefs ÷ pipe, pinned.")
+        lines.append("The read-through reader reads max(write size, 128 KiB) per call; the socket consumer "
+                     "is a client process (the code of `capturefs cat`, without its stdout); the callback "
+                     "consumer is bench_callback, which mounts with libcapturefs and consumes in-process. "
+                     "tmpfs: write the file under /dev/shm, then read it back (not concurrent). "
+                     "Target: read-through ÷ pipe, pinned.")
         lines.append("")
-        header = ["write size", "CPU", "pipe", "tmpfs", f"{consumers[0]['label']}", "÷ pipe",
-                  "capturefs bytes/read"] + [c["label"] for c in extra] + ["target"]
+        header = ["write size", "CPU", "pipe", "tmpfs"]
+        for c in consumers:
+            header += [c["label"], "÷ pipe"]
+        header += ["target"]
         rows = []
         for r in s["throughput"]:
             t = r.get("target")
             tcell = f"≥ {t['min_ratio']}×: {met(t['met'])}" if t else ""
-            rows.append([size_label(r["size"]), r["pin"], cell(r["mib_s"]["pipe"]), cell(r["mib_s"]["tmpfs"]),
-                         cell(r["mib_s"]["capturefs"]), times(r["ratio_to_pipe"]["capturefs"]),
-                         size_label(round(r["capturefs_bytes_per_read"]["median"]))
-                         if r["capturefs_bytes_per_read"] else "–"] +
-                        [cell(r["mib_s"][c["key"]]) if r["mib_s"][c["key"]] else not_built for c in extra] +
-                        [tcell])
+            row = [size_label(r["size"]), r["pin"], cell(r["mib_s"]["pipe"]), cell(r["mib_s"]["tmpfs"])]
+            for c in consumers:
+                row += ([cell(r["mib_s"][c["key"]]), times(r["ratio_to_pipe"][c["key"]])] if built(c)
+                        else [not_built, "–"])
+            rows.append(row + [tcell])
+        lines.append(table(header, rows))
+        lines.append("")
+        lines.append("Bytes per consumer call (median over rounds): per " +
+                     ", per ".join(f"{c['per_call']} ({c['label']})" for c in consumers if built(c)) + ".")
+        lines.append("")
+        header = ["write size", "CPU"] + [f"{c['label']}: bytes/{c['per_call']}" for c in consumers if built(c)]
+        rows = []
+        for r in s["throughput"]:
+            per = r.get("bytes_per_call", {})
+            rows.append([size_label(r["size"]), r["pin"]] +
+                        [size_label(round(per[c["key"]]["median"])) if per.get(c["key"]) else "–"
+                         for c in consumers if built(c)])
         lines.append(table(header, rows))
         lines.append("")
 
     if "churn" in secs:
-        lines.append("## Churn (files/s; create, write 100 B, close, open, read to EOF, close; one process)")
+        lines.append("## Churn (files/s; create, write 100 B, close, consume to the end; one process)")
         lines.append("")
         tmp = meta["machine"].get("tmp_fs") or "?"
-        lines.append("tmpfs adds an unlink. The mkfifo recipe is mkdtemp + mkfifo + a writer thread "
+        lines.append("Read-through: open, read to EOF, close. tmpfs adds an unlink. The mkfifo recipe is mkdtemp + mkfifo + a writer thread "
                      "(100 B) + read to EOF + join + unlink + rmdir, in C: \"mkfifo /tmp\" in the temp "
                      f"directory as the recipe does (here {tmp}), \"mkfifo tmpfs\" in /dev/shm (its best "
                      "case). The ×mkfifo target is judged against the temp directory.")
         lines.append("")
-        header = ["CPU", "capturefs", "tmpfs", "mkfifo /tmp", "mkfifo tmpfs", "÷ mkfifo /tmp",
-                  "÷ mkfifo tmpfs", "÷ tmpfs"] + [c["label"] for c in extra] + ["target"]
+        lines.append("Socket: one process creates, writes and closes each file, then takes it from the "
+                     "socket (subscribed once, to all its names) up to CLOSED and acknowledges it. "
+                     "Callback: one process creates, writes and closes each file, then waits until "
+                     "bench_callback reports its end over a FIFO (a pipe hop the other columns do not "
+                     "have). Target: read-through, pinned.")
+        lines.append("")
+        header = ["CPU", consumers[0]["label"], "tmpfs", "mkfifo /tmp", "mkfifo tmpfs", "÷ mkfifo /tmp",
+                  "÷ mkfifo tmpfs", "÷ tmpfs"]
+        for c in extra:
+            header += [c["label"], "÷ mkfifo /tmp"]
+        header += ["target"]
         rows = []
         for r in s["churn"]:
             t = r.get("target")
             tcell = (f"≥ {t['files_s']:,}/s and ≥ {t['vs_mkfifo']:.0f}× mkfifo: {met(t['met'])}" if t else "")
-            rows.append([r["pin"], cell(r["files_s"]["capturefs"]), cell(r["files_s"]["tmpfs"]),
-                         cell(r["files_s"]["mkfifo"]), cell(r["files_s"]["mkfifo-tmpfs"]),
-                         times(r["capturefs_vs_mkfifo"]), times(r["capturefs_vs_mkfifo_tmpfs"]),
-                         times(r["capturefs_vs_tmpfs"])] +
-                        [cell(r["files_s"][c["key"]]) if r["files_s"][c["key"]] else not_built for c in extra] +
-                        [tcell])
+            row = [r["pin"], cell(r["files_s"]["capturefs"]), cell(r["files_s"]["tmpfs"]),
+                   cell(r["files_s"]["mkfifo"]), cell(r["files_s"]["mkfifo-tmpfs"]),
+                   times(r["capturefs_vs_mkfifo"]), times(r["capturefs_vs_mkfifo_tmpfs"]),
+                   times(r["capturefs_vs_tmpfs"])]
+            for c in extra:
+                row += ([cell(r["files_s"][c["key"]]), times(r.get("vs_mkfifo", {}).get(c["key"]))] if built(c)
+                        else [not_built, "–"])
+            rows.append(row + [tcell])
         lines.append(table(header, rows))
         lines.append("")
 
     if "latency" in secs:
-        lines.append("## Latency (µs, 64 B write → a reader blocked in read() has it)")
+        lines.append("## Latency (µs, 64 B write → a waiting consumer has it)")
         lines.append("")
         lines.append("p50 and p99 are per round (thousands of samples each); cells are the median "
-                     "[min–max] of those over rounds.")
+                     "[min–max] of those over rounds. The consumer has the bytes when read() returns "
+                     "(read-through), when the DATA frame is decoded (socket), when on_data is called "
+                     "(callback). Target: read-through, pinned.")
         lines.append("")
-        header = ["CPU", "pipe p50", "pipe p99", "capturefs p50", "capturefs p99", "p50 ÷ pipe",
-                  "p99 ÷ pipe"] + [c["label"] for c in extra] + ["target"]
+        header = ["CPU", "pipe p50", "pipe p99"]
+        for c in consumers:
+            short = c["label"].replace("capturefs ", "")
+            header += [f"{short} p50", f"{short} p99", "÷ pipe (p50 / p99)"]
+        header += ["target"]
         rows = []
         for r in s["latency"]:
             t = r.get("target")
             tcell = f"p50 ≤ {t['p50_us']:g}, p99 ≤ {t['p99_us']:g}: {met(t['met'])}" if t else ""
-            rows.append([r["pin"], cell(r["p50_us"]["pipe"]), cell(r["p99_us"]["pipe"]),
-                         cell(r["p50_us"]["capturefs"]), cell(r["p99_us"]["capturefs"]),
-                         times(r["p50_ratio_to_pipe"]), times(r["p99_ratio_to_pipe"])] +
-                        [cell(r["p50_us"][c["key"]]) if r["p50_us"][c["key"]] else not_built for c in extra] +
-                        [tcell])
+            row = [r["pin"], cell(r["p50_us"]["pipe"]), cell(r["p99_us"]["pipe"])]
+            for c in consumers:
+                k = c["key"]
+                row += ([cell(r["p50_us"][k]), cell(r["p99_us"][k]),
+                         f"{times(r.get('p50_ratio', {}).get(k))} / {times(r.get('p99_ratio', {}).get(k))}"]
+                        if built(c) else [not_built, "–", "–"])
+            rows.append(row + [tcell])
         lines.append(table(header, rows))
         lines.append("")
 
     if "scale" in secs:
         sz = meta["config"]["scale"]["size"]
         total = meta["config"]["scale"]["total"]
-        lines.append(f"## Scale (aggregate MiB/s; N writer/reader pairs at once, {size_label(sz)} writes, "
+        lines.append(f"## Scale (aggregate MiB/s; N writer/consumer pairs at once, {size_label(sz)} writes, "
                      f"{size_label(total)} in all)")
         lines.append("")
-        header = ["pairs", "CPU", "pipe", "capturefs", "÷ pipe"] + [c["label"] for c in extra]
+        lines.append("Socket: one client process and connection per stream. Callback: one bench_callback "
+                     "(2 delivery threads) takes every stream.")
+        lines.append("")
+        header = ["pairs", "CPU", "pipe"]
+        for c in consumers:
+            header += [c["label"], "÷ pipe"]
         rows = []
         for r in s["scale"]:
-            rows.append([r["pairs"], r["pin"], cell(r["mib_s"]["pipe"]), cell(r["mib_s"]["capturefs"]),
-                         times(r["ratio_to_pipe"])] +
-                        [cell(r["mib_s"][c["key"]]) if r["mib_s"][c["key"]] else not_built for c in extra])
+            row = [r["pairs"], r["pin"], cell(r["mib_s"]["pipe"])]
+            for c in consumers:
+                row += ([cell(r["mib_s"][c["key"]]), times(r.get("ratios", {}).get(c["key"]))] if built(c)
+                        else [not_built, "–"])
+            rows.append(row)
         lines.append(table(header, rows))
         lines.append("")
 
