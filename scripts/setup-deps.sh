@@ -13,6 +13,8 @@ packages=(
   libgtest-dev libclang-rt-14-dev python3 libbenchmark-dev
   # run time: fusermount3 and /etc/fuse.conf
   fuse3
+  # the real tools the compatibility suite (tests/compat) runs against a mount
+  coreutils tar gzip xz-utils bzip2 zstd rsync curl openssl
 )
 
 is_installed() {

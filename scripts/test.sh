@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: install the dependencies, build, and run every test
-# suite (unit and mount) twice: in a normal build with -Dwerror=true, then in
+# suite (unit, mount, compat) twice: in a normal build with -Dwerror=true, then in
 # an ASan+UBSan build.
 #
 #   scripts/test.sh              both builds
