@@ -211,8 +211,14 @@ CASES: List[Case] = [
     Case("tar -czf", "tar", ["tar", "--sort=name", "-czf", "{dir}/tree.tgz", "-C", "{src}", "tree"],
          needs=["tar", "gzip"]),
     Case("tar -xf", "tar", ["tar", "-xf", "{src}/tree.tar", "-C", "{dir}"]),
-    Case("rsync -a file", "rsync", ["rsync", "-a", "{src}/big.bin", "{dir}/big.bin"]),
-    Case("rsync -a tree", "rsync", ["rsync", "-a", "{src}/tree/", "{dir}/tree/"]),
+    # rsync writes .NAME.XXXXXX, closes it, then renames it into place. A
+    # live consumer that took the bytes before the rename has the temp name
+    # (the rename after the end is not told), so live runs use --inplace;
+    # read after the tool, the default works.
+    Case("rsync -a file", "rsync", ["rsync", "-a", "{src}/big.bin", "{dir}/big.bin"], modes=("after",)),
+    Case("rsync -a tree", "rsync", ["rsync", "-a", "{src}/tree/", "{dir}/tree/"], modes=("after",)),
+    Case("rsync -a --inplace file", "rsync", ["rsync", "-a", "--inplace", "{src}/big.bin", "{dir}/big.bin"]),
+    Case("rsync -a --inplace tree", "rsync", ["rsync", "-a", "--inplace", "{src}/tree/", "{dir}/tree/"]),
     Case("sort -o", "sort", ["sort", "-o", "{dir}/sorted.txt", "{src}/text.txt"]),
     Case("split", "split", ["split", "-b", "100K", "-d", "{src}/big.bin", "{dir}/part-"]),
     Case("curl -o file://", "curl", ["curl", "-sS", "-o", "{dir}/fetched.bin", "file://{src}/mid.bin"]),
