@@ -96,6 +96,7 @@ class _Connection:
             raise ConnectionError(e.errno, "cannot connect to %s: %s" % (self.path, e.strerror)) from None
         self.dec = P.Decoder(P.Peer.SERVER)
         self.out = bytearray(P.encode(P.Hello()))
+        self.server_version: Optional[int] = None  # once the daemon's hello is in
         self.acks: Dict[int, int] = {}  # id -> offset, coalesced until the next flush
         self.eof = False
 
@@ -139,7 +140,13 @@ class _Connection:
                 raise ConnectionError("%s: the connection ended early: %s" % (self.path, e)) from None
             return None
         self.dec.feed(data)
-        return [f for f in self.dec if not isinstance(f, P.Hello)]
+        frames = []
+        for f in self.dec:
+            if isinstance(f, P.Hello):
+                self.server_version = self.dec.version
+            else:
+                frames.append(f)
+        return frames
 
     def close(self) -> None:
         try:
@@ -273,6 +280,8 @@ class _Session:
         self._subscribed = subscribe is None
         self._status: Optional[List[P.StreamStatus]] = None
         self._status_parts: List[P.StreamStatus] = []
+        self._commands: Optional[List[P.CommandStatus]] = None   # of the last reply; None: no COMMANDS
+        self._commands_parts: Optional[List[P.CommandStatus]] = None
         if subscribe is not None:
             try:
                 self._conn.queue(subscribe)
@@ -297,10 +306,15 @@ class _Session:
         for f in frames:
             if isinstance(f, P.Subscribed):
                 self._subscribed = True
+            elif isinstance(f, P.CommandsReply):  # version 2: before the STATUS parts of the reply
+                if self._commands_parts is None:
+                    self._commands_parts = []
+                self._commands_parts.extend(f.commands)
             elif isinstance(f, P.StatusReply):
                 self._status_parts.extend(f.streams)
                 if not f.more:
                     self._status, self._status_parts = self._status_parts, []
+                    self._commands, self._commands_parts = self._commands_parts, None
             elif isinstance(f, P.Error):
                 self.error = ServerError(self.socket_path, f.code, f.message)
                 self.ended = True
@@ -328,6 +342,21 @@ class _Session:
         while self._status is None:
             self._pump(timeout)
         return self._status
+
+    def status_and_commands(self, timeout: Optional[float] = None
+                            ) -> Tuple[List[P.StreamStatus], Optional[List[P.CommandStatus]]]:
+        """Like status(), and the commands the daemon runs (``--exec``):
+        those that ended (the most recent, oldest first), then those
+        running. The commands are None if the daemon runs none, or speaks
+        only protocol version 1 (then it is not asked: it would refuse)."""
+        while self._conn.server_version is None:
+            self._pump(timeout)
+        ask = self._conn.server_version >= 2
+        self._status = None
+        self._conn.queue(P.StatusRequest(commands=ask))
+        while self._status is None:
+            self._pump(timeout)
+        return self._status, self._commands
 
     def close(self) -> None:
         """Ends the connection; streams not finished go to the next subscriber."""
@@ -471,6 +500,14 @@ class Client:
         """Every live stream: path, writer, bytes written and delivered, rate, state."""
         with _Session(self.socket_path, None) as s:
             return s.status()
+
+    def commands(self) -> Optional[List[P.CommandStatus]]:
+        """The commands of ``capturefs mount --exec`` (protocol.CommandStatus
+        records: path, pid, state and exit code or signal, bytes fed,
+        whether the input was cut short), those that ended first; None if
+        the daemon runs no commands (or is too old to report them)."""
+        with _Session(self.socket_path, None) as s:
+            return s.status_and_commands()[1]
 
     def cat(self, name: PathLike, wait: bool = False) -> bytes:
         """The bytes of the stream at ``name`` (relative to the mount), like

@@ -5,7 +5,13 @@ as does the C++ codec (src/proto/codec.hpp). Pure: no I/O, no sockets.
 
 Byte order is big-endian. Paths and patterns are raw ``bytes`` (a ``str``
 given to a frame is encoded with ``os.fsencode``); text fields (an ERROR
-message, a CLOSED reason) are ``str`` and travel as UTF-8.
+message, a CLOSED reason, a COMMANDS note) are ``str`` and travel as UTF-8.
+
+Versions: the codec speaks protocol versions MIN_VERSION..VERSION. A Decoder
+learns the connection's version from the hello it reads (``Decoder.version``)
+and rejects what that version does not define: the COMMANDS frame and the
+STATUS_REQUEST ``commands`` flag are version 2. ``encode`` encodes any frame;
+sending only what the connection's version has is the caller's job.
 
     dec = Decoder(Peer.SERVER)          # decodes what a server sends
     sock.sendall(encode(Hello()) + encode(Subscribe(patterns=[b"*.log"])))
@@ -25,18 +31,20 @@ from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
-    "MAGIC", "VERSION", "HELLO_SIZE", "HEADER_SIZE", "MAX_CHUNK", "MAX_BODY",
+    "MAGIC", "VERSION", "MIN_VERSION", "HELLO_SIZE", "HEADER_SIZE", "MAX_CHUNK", "MAX_BODY",
     "MAX_FRAME", "MAX_PATH", "MAX_PATTERNS", "MAX_TEXT",
-    "Peer", "Type", "CloseStatus", "StreamState", "ErrorCode", "ProtocolError",
+    "Peer", "Type", "CloseStatus", "StreamState", "CommandState", "CommandInput", "ErrorCode",
+    "ProtocolError",
     "Hello", "Subscribe", "Ack", "StatusRequest", "Subscribed", "Opened", "Data",
-    "Renamed", "Closed", "StreamStatus", "StatusReply", "Error", "Frame",
-    "encode", "encode_status", "Decoder", "decode_all", "code_name",
+    "Renamed", "Closed", "StreamStatus", "StatusReply", "Error", "CommandStatus", "CommandsReply",
+    "Frame", "encode", "encode_status", "encode_commands", "Decoder", "decode_all", "code_name",
 ]
 
 # ----------------------------------------------------------------- limits
 
 MAGIC = b"CAPF"
-VERSION = 1
+VERSION = 2        # the highest version spoken
+MIN_VERSION = 1    # the lowest
 HELLO_SIZE = 8      # magic, version u16, flags u16
 HEADER_SIZE = 6     # length u32, type u8, flags u8
 MAX_CHUNK = 1 << 20
@@ -65,6 +73,7 @@ class Type(enum.IntEnum):
     CLOSED = 0x85
     STATUS = 0x86
     ERROR = 0x87
+    COMMANDS = 0x88   # version 2
 
 
 class CloseStatus(enum.IntEnum):
@@ -77,6 +86,21 @@ class StreamState(enum.IntEnum):
     STREAMING = 1   # a writer is open, a consumer takes the bytes
     HELD = 2        # writers done, bytes wait for a consumer
     DRAINING = 3    # writers done, a consumer takes the rest
+
+
+class CommandState(enum.IntEnum):
+    RUNNING = 0       # started, not yet reaped
+    EXITED = 1        # exited; code is its exit status
+    KILLED = 2        # killed by signal `code` (not 0)
+    NOT_STARTED = 3   # could not be started (note says why)
+    UNKNOWN = 4       # no longer waited for, or reaped elsewhere (note says why)
+
+
+class CommandInput(enum.IntEnum):
+    FEEDING = 0       # the stream is still being written to its stdin
+    COMPLETE = 1      # it got the whole stream, then EOF
+    CUT_SHORT = 2     # it exited (or closed stdin) before reading everything: the writers got EPIPE
+    INCOMPLETE = 3    # the stream ended early otherwise: unlinked, daemon stopping, not started, ...
 
 
 class ErrorCode(enum.IntEnum):
@@ -161,7 +185,7 @@ class Ack:
 
 @dataclass(frozen=True)
 class StatusRequest:
-    pass
+    commands: bool = False  # version 2: also list the daemon's commands (COMMANDS frames)
 
 
 @dataclass(frozen=True)
@@ -240,13 +264,43 @@ class Error:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class CommandStatus:
+    """One command ``capturefs mount --exec`` started for a stream."""
+
+    id: int                  # the stream it was started for
+    pid: int                 # 0 if it was never started
+    state: CommandState
+    code: int                # EXITED: exit status; KILLED: signal number; otherwise 0
+    input: CommandInput
+    bytes: int               # bytes written to its stdin
+    started_ns: int
+    ended_ns: int            # 0 while running
+    path: bytes              # the stream's path when the command started
+    note: str = ""           # why the input or the start failed; may be empty
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", _path(self.path))
+
+
+@dataclass(frozen=True)
+class CommandsReply:
+    """Version 2: commands, before the STATUS parts of a reply."""
+
+    commands: Tuple[CommandStatus, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "commands", tuple(self.commands))
+
+
 Frame = Union[Hello, Subscribe, Ack, StatusRequest, Subscribed, Opened, Data,
-              Renamed, Closed, StatusReply, Error]
+              Renamed, Closed, StatusReply, Error, CommandsReply]
 
 # ----------------------------------------------------------------- type table
 
 _SUB_OBSERVE, _SUB_LITERAL, _SUB_ONCE, _SUB_NOWAIT = 0x01, 0x02, 0x04, 0x08
 _STATUS_MORE = 0x01
+_STATUS_REQ_COMMANDS = 0x01  # version 2
 
 _OPENED_FIXED = 8 + 8 + 8 + 4 + 4 + 2
 _RENAMED_FIXED = 8 + 2
@@ -254,18 +308,25 @@ _CLOSED_FIXED = 8 + 8 + 1 + 2
 _ERROR_FIXED = 2 + 2
 _DATA_FIXED = 8 + 8
 _RECORD_FIXED = 8 + 4 + 4 + 8 + 8 + 8 + 8 + 1 + 2
+_COMMAND_FIXED = 8 + 4 + 1 + 1 + 1 + 8 + 8 + 8 + 2 + 2
 
 
 class _Info:
-    __slots__ = ("type", "name", "sender", "flags", "min_body", "max_body")
+    __slots__ = ("type", "name", "sender", "flags", "min_body", "max_body", "since", "flags_v2")
 
-    def __init__(self, type_: Type, sender: Peer, flags: int, min_body: int, max_body: int):
+    def __init__(self, type_: Type, sender: Peer, flags: int, min_body: int, max_body: int,
+                 since: int = 1, flags_v2: int = 0):
         self.type = type_
         self.name = type_.name
         self.sender = sender
-        self.flags = flags
+        self.flags = flags          # flag bits defined since version 1
         self.min_body = min_body
         self.max_body = max_body
+        self.since = since          # the first version with this frame type
+        self.flags_v2 = flags_v2    # flag bits added in version 2
+
+    def defined_flags(self, version: int) -> int:
+        return self.flags | (self.flags_v2 if version >= 2 else 0)
 
 
 _TYPES = {
@@ -274,7 +335,7 @@ _TYPES = {
         _Info(Type.SUBSCRIBE, Peer.CLIENT, _SUB_OBSERVE | _SUB_LITERAL | _SUB_ONCE | _SUB_NOWAIT,
               2, 2 + MAX_PATTERNS * (2 + MAX_PATH)),
         _Info(Type.ACK, Peer.CLIENT, 0, 16, 16),
-        _Info(Type.STATUS_REQUEST, Peer.CLIENT, 0, 0, 0),
+        _Info(Type.STATUS_REQUEST, Peer.CLIENT, 0, 0, 0, flags_v2=_STATUS_REQ_COMMANDS),
         _Info(Type.SUBSCRIBED, Peer.SERVER, 0, 0, 0),
         _Info(Type.OPENED, Peer.SERVER, 0, _OPENED_FIXED, _OPENED_FIXED + MAX_PATH),
         _Info(Type.DATA, Peer.SERVER, 0, _DATA_FIXED, _DATA_FIXED + MAX_CHUNK),
@@ -282,6 +343,7 @@ _TYPES = {
         _Info(Type.CLOSED, Peer.SERVER, 0, _CLOSED_FIXED, _CLOSED_FIXED + MAX_TEXT),
         _Info(Type.STATUS, Peer.SERVER, _STATUS_MORE, 2, MAX_BODY),
         _Info(Type.ERROR, Peer.SERVER, 0, _ERROR_FIXED, _ERROR_FIXED + MAX_TEXT),
+        _Info(Type.COMMANDS, Peer.SERVER, 0, 2, MAX_BODY, since=2),
     )
 }
 
@@ -337,6 +399,24 @@ def _check_closed(ctx: str, status: int, reason: str) -> None:
         raise _fail(ErrorCode.BAD_VALUE, "%s: reason: must not be empty when aborted" % ctx)
 
 
+def _check_command_state(ctx: str, state: int) -> None:
+    if state > CommandState.UNKNOWN:
+        raise _fail(ErrorCode.BAD_VALUE, "%s: state: unknown value %d" % (ctx, state))
+
+
+def _check_command_code(ctx: str, state: int, code: int) -> None:
+    if state == CommandState.KILLED and code == 0:
+        raise _fail(ErrorCode.BAD_VALUE, "%s: code: signal 0 is not valid" % ctx)
+    if state not in (CommandState.EXITED, CommandState.KILLED) and code != 0:
+        raise _fail(ErrorCode.BAD_VALUE, "%s: code: must be 0 when the state is %d (neither exited nor killed)"
+                    % (ctx, state))
+
+
+def _check_command_input(ctx: str, value: int) -> None:
+    if value > CommandInput.INCOMPLETE:
+        raise _fail(ErrorCode.BAD_VALUE, "%s: input: unknown value %d" % (ctx, value))
+
+
 # ----------------------------------------------------------------- encoding
 
 def _int(ctx: str, value: int, bits: int, signed: bool = False) -> int:
@@ -373,6 +453,22 @@ def _record(index: int, r: StreamStatus) -> bytes:
                        _int(ctx + ": rate", r.rate, 64), state) + _str16(r.path)
 
 
+def _command(index: int, c: CommandStatus) -> bytes:
+    ctx = "COMMANDS: record %d" % index
+    state = _int(ctx + ": state", c.state, 8)
+    _check_command_state(ctx, state)
+    code = _int(ctx + ": code", c.code, 8)
+    _check_command_code(ctx, state, code)
+    input_ = _int(ctx + ": input", c.input, 8)
+    _check_command_input(ctx, input_)
+    _check_path(ctx + ": path", c.path)
+    note = _encode_text(ctx + ": note", c.note)
+    return struct.pack(">QIBBBQqq",
+                       _int(ctx + ": id", c.id, 64), _int(ctx + ": pid", c.pid, 32), state, code, input_,
+                       _int(ctx + ": bytes", c.bytes, 64), _int(ctx + ": started", c.started_ns, 64, True),
+                       _int(ctx + ": ended", c.ended_ns, 64, True)) + _str16(c.path) + _str16(note)
+
+
 def encode(frame: Frame) -> bytes:
     """The wire form of one frame (a Hello: the 8 hello bytes).
 
@@ -399,7 +495,7 @@ def encode(frame: Frame) -> bytes:
         return _frame(Type.ACK, 0, struct.pack(">QQ", _int("ACK: id", frame.id, 64),
                                                _int("ACK: offset", frame.offset, 64)))
     if isinstance(frame, StatusRequest):
-        return _frame(Type.STATUS_REQUEST, 0, b"")
+        return _frame(Type.STATUS_REQUEST, _STATUS_REQ_COMMANDS if frame.commands else 0, b"")
     if isinstance(frame, Subscribed):
         return _frame(Type.SUBSCRIBED, 0, b"")
     if isinstance(frame, Opened):
@@ -435,6 +531,13 @@ def encode(frame: Frame) -> bytes:
         body = struct.pack(">H", len(frame.streams)) + b"".join(
             _record(i, r) for i, r in enumerate(frame.streams))
         return _frame(Type.STATUS, _STATUS_MORE if frame.more else 0, body)
+    if isinstance(frame, CommandsReply):
+        if len(frame.commands) > 0xFFFF:
+            raise _fail(ErrorCode.LIMIT, "COMMANDS: %d records, over the limit of 65535"
+                        % len(frame.commands))
+        body = struct.pack(">H", len(frame.commands)) + b"".join(
+            _command(i, c) for i, c in enumerate(frame.commands))
+        return _frame(Type.COMMANDS, 0, body)
     if isinstance(frame, Error):
         code = _int("ERROR: code", frame.code, 16)
         if code == 0:
@@ -460,6 +563,24 @@ def encode_status(streams: Sequence[StreamStatus]) -> bytes:
         out.append(encode(StatusReply(streams[i:j], more=j < len(streams))))
         i = j
         if i >= len(streams):
+            return b"".join(out)
+
+
+def encode_commands(commands: Sequence[CommandStatus]) -> bytes:
+    """The COMMANDS frames of a reply (version 2): as many as the records
+    need, at least one."""
+    commands = list(commands)
+    sizes = [len(_command(i, c)) for i, c in enumerate(commands)]  # validates all first
+    out = []
+    i = 0
+    while True:
+        body, j = 2, i
+        while j < len(commands) and j - i < 0xFFFF and body + sizes[j] <= MAX_BODY:
+            body += sizes[j]
+            j += 1
+        out.append(encode(CommandsReply(commands[i:j])))
+        i = j
+        if i >= len(commands):
             return b"".join(out)
 
 
@@ -545,7 +666,7 @@ def _parse_body(info: _Info, flags: int, body: bytes) -> Frame:
     elif t == Type.ACK:
         frame = Ack(r.u64("id"), r.u64("offset"))
     elif t == Type.STATUS_REQUEST:
-        frame = StatusRequest()
+        frame = StatusRequest(commands=bool(flags & _STATUS_REQ_COMMANDS))
     elif t == Type.SUBSCRIBED:
         frame = Subscribed()
     elif t == Type.OPENED:
@@ -579,6 +700,24 @@ def _parse_body(info: _Info, flags: int, body: bytes) -> Frame:
                                         StreamState(state), r.path("path")))
         r.ctx = "STATUS"
         frame = StatusReply(streams, more=bool(flags & _STATUS_MORE))
+    elif t == Type.COMMANDS:
+        n = r.u16("count")
+        commands: List[CommandStatus] = []
+        for i in range(n):
+            ctx = r.ctx = "COMMANDS: record %d" % i
+            id_, pid = r.u64("id"), r.u32("pid")
+            state = r.u8("state")
+            _check_command_state(ctx, state)
+            code = r.u8("code")
+            _check_command_code(ctx, state, code)
+            input_ = r.u8("input")
+            _check_command_input(ctx, input_)
+            nbytes, started, ended = r.u64("bytes"), r.i64("started"), r.i64("ended")
+            path = r.path("path")
+            commands.append(CommandStatus(id_, pid, CommandState(state), code, CommandInput(input_), nbytes,
+                                          started, ended, path, r.text("note")))
+        r.ctx = "COMMANDS"
+        frame = CommandsReply(commands)
     else:  # Type.ERROR
         code = r.u16("code")
         if code == 0:
@@ -595,10 +734,19 @@ class Decoder:
     more bytes are needed. Bad input raises ProtocolError, as early as the
     bytes allow (a 4-byte length over the maximum is refused at once), and
     the error is final: every later next()/feed()/finish() raises it again.
+
+    ``version`` is the highest version the reading side speaks (a client:
+    the one it offered). Reading a client, the connection's version is
+    min(client's, version); reading a server, its hello must name a version
+    from MIN_VERSION to ``version``. After the hello, ``self.version`` is the
+    connection's version (None before); frames and flags of later versions
+    are refused (bad_type, bad_flags).
     """
 
-    def __init__(self, sender: Peer) -> None:
+    def __init__(self, sender: Peer, version: int = VERSION) -> None:
         self.sender = sender
+        self.max_version = version
+        self.version: Optional[int] = None
         self._hello_done = False
         self._buf = bytearray()
         self._pos = 0
@@ -648,9 +796,9 @@ class Decoder:
             (version,) = struct.unpack_from(">H", b, p + 4)
             if version == 0:
                 raise self._raise(_fail(ErrorCode.BAD_VERSION, "%s hello: version 0 is not valid" % who))
-            if self.sender is Peer.SERVER and version != VERSION:
-                raise self._raise(_fail(ErrorCode.BAD_VERSION, "server hello: version %d, this decoder speaks %d"
-                                        % (version, VERSION)))
+            if self.sender is Peer.SERVER and not MIN_VERSION <= version <= self.max_version:
+                raise self._raise(_fail(ErrorCode.BAD_VERSION, "server hello: version %d, this decoder speaks %d to %d"
+                                        % (version, MIN_VERSION, self.max_version)))
             if n < HELLO_SIZE:
                 return None
             (flags,) = struct.unpack_from(">H", b, p + 6)
@@ -670,14 +818,19 @@ class Decoder:
         info = _TYPES.get(tb)  # type: ignore[call-overload]
         if info is None:
             raise self._raise(_fail(ErrorCode.BAD_TYPE, "unknown frame type 0x%02x" % tb))
+        version = self.version or 0
+        if info.since > version:
+            raise self._raise(_fail(ErrorCode.BAD_TYPE, "frame type 0x%02x (%s) is not in protocol version %d"
+                                    % (tb, info.name, version)))
         if info.sender is not self.sender:
             raise self._raise(_fail(ErrorCode.BAD_TYPE, "frame type 0x%02x (%s) is sent by a %s, not a %s"
                                     % (tb, info.name, info.sender.value, who)))
         if n < HEADER_SIZE:
             return None
-        extra = b[p + 5] & ~info.flags
+        extra = b[p + 5] & ~info.defined_flags(version)
         if extra:
-            raise self._raise(_fail(ErrorCode.BAD_FLAGS, "%s: undefined flags 0x%02x" % (info.name, extra)))
+            raise self._raise(_fail(ErrorCode.BAD_FLAGS, "%s: undefined flags 0x%02x in protocol version %d"
+                                    % (info.name, extra, version)))
         if length < info.min_body:
             raise self._raise(_fail(ErrorCode.TRUNCATED, "%s: body of %d bytes, needs at least %d"
                                     % (info.name, length, info.min_body)))
@@ -699,6 +852,7 @@ class Decoder:
             version, flags = struct.unpack_from(">HH", self._buf, p + 4)
             frame = Hello(version, flags)
             self._hello_done = True
+            self.version = min(version, self.max_version) if self.sender is Peer.CLIENT else version
         else:
             info = _TYPES[self._buf[p + 4]]  # type: ignore[index]
             body = bytes(self._buf[p + HEADER_SIZE:p + size])
@@ -745,9 +899,9 @@ class Decoder:
         raise self._raise(_fail(ErrorCode.TRUNCATED, msg))
 
 
-def decode_all(sender: Peer, data: bytes) -> List[Frame]:
+def decode_all(sender: Peer, data: bytes, version: int = VERSION) -> List[Frame]:
     """Every frame in `data`, which must end on a frame boundary."""
-    dec = Decoder(sender)
+    dec = Decoder(sender, version)
     dec.feed(data)
     frames = list(dec)
     dec.finish()

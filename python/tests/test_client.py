@@ -209,6 +209,46 @@ class ClientTest(unittest.TestCase):
 
         self.run_with(script, body)
 
+    def test_commands_are_asked_for_and_joined(self):
+        cmds = [P.CommandStatus(i, 100 + i, P.CommandState.EXITED, i, P.CommandInput.COMPLETE, 10 * i, 5, 6,
+                                b"job%d" % i) for i in range(1, 4)]
+        cmds.append(P.CommandStatus(9, 200, P.CommandState.RUNNING, 0, P.CommandInput.FEEDING, 1, 5, 0, b"live"))
+
+        def script(p):
+            p.expect(P.Hello)
+            p.send(P.Hello())  # the client waits for it before asking for commands
+            req = p.expect(P.StatusRequest)
+            assert req.commands, req
+            p.send(P.CommandsReply(cmds[:2]), P.CommandsReply(cmds[2:]), P.StatusReply([], more=True),
+                   P.StatusReply())
+            p.until_eof()
+
+        def body(path):
+            self.assertEqual(Client(path).commands(), cmds)
+
+        self.run_with(script, body)
+
+    def test_commands_of_a_daemon_without_exec_are_none(self):
+        def script(p):
+            p.expect(P.Hello)
+            p.send(P.Hello())
+            assert p.expect(P.StatusRequest).commands
+            p.send(P.StatusReply())
+            p.until_eof()
+
+        self.run_with(script, lambda path: self.assertIsNone(Client(path).commands()))
+
+    def test_a_version_1_daemon_is_not_asked_for_commands(self):
+        def script(p):
+            p.expect(P.Hello)
+            p.send(P.Hello(1))
+            req = p.expect(P.StatusRequest)
+            assert not req.commands, "a version 1 daemon would refuse the flag"
+            p.send(P.StatusReply())
+            p.until_eof()
+
+        self.run_with(script, lambda path: self.assertIsNone(Client(path).commands()))
+
     def test_observe_yields_events_with_paths(self):
         def script(p):
             p.expect(P.Hello)

@@ -6,10 +6,11 @@ import random
 import unittest
 
 from capturefs.protocol import (
-    HEADER_SIZE, HELLO_SIZE, MAX_CHUNK, MAX_FRAME, MAX_PATH, MAX_PATTERNS, MAX_TEXT,
-    Ack, Closed, CloseStatus, Data, Decoder, Error, ErrorCode, Hello, Opened, Peer,
-    ProtocolError, Renamed, StatusReply, StatusRequest, StreamState, StreamStatus, Subscribe,
-    Subscribed, code_name, decode_all, encode, encode_status)
+    HEADER_SIZE, HELLO_SIZE, MAX_CHUNK, MAX_FRAME, MAX_PATH, MAX_PATTERNS, MAX_TEXT, VERSION,
+    Ack, Closed, CloseStatus, CommandInput, CommandState, CommandStatus, CommandsReply, Data, Decoder,
+    Error, ErrorCode, Hello, Opened, Peer, ProtocolError, Renamed, StatusReply, StatusRequest,
+    StreamState, StreamStatus, Subscribe, Subscribed, code_name, decode_all, encode, encode_commands,
+    encode_status)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("CAPTUREFS_SRC") or os.path.join(HERE, "..", "..")
@@ -20,8 +21,22 @@ T0 = 1700000000123456789
 DECODING_CODES = set(range(1, 10))
 
 
+SECOND = 1000000000
+
+
 def session(*frames):
-    return [Hello()] + list(frames)
+    """A version 1 connection: the hello, then the frames."""
+    return [Hello(1)] + list(frames)
+
+
+def session2(*frames):
+    """A version 2 connection."""
+    return [Hello(2)] + list(frames)
+
+
+def command(id_, pid, state, code, input_, nbytes, started, ended, path, note=""):
+    return CommandStatus(id_, pid, state, code, input_, nbytes, started, ended, path, note)
+
 
 
 EXPECTED = {
@@ -54,6 +69,21 @@ EXPECTED = {
     "error_unknown_code": session(Error(999, "")),
     "server_session": session(Subscribed(), Opened(1, 0, T0, 4242, 1000, b"build.log"),
                               Data(1, 0, b"hello\n"), Closed(1, 6)),
+    # Version 2.
+    "hello_server_v2": session2(),
+    "status_request_commands": session2(StatusRequest(commands=True)),
+    "status_request_commands_future": [Hello(7, 0), StatusRequest(commands=True)],
+    "commands_empty": session2(CommandsReply()),
+    "commands_four": session2(CommandsReply([
+        command(1, 4242, CommandState.EXITED, 3, CommandInput.COMPLETE, 5000, T0, T0 + SECOND, b"dir/st.txt"),
+        command(2, 4243, CommandState.KILLED, 9, CommandInput.CUT_SHORT, 262144, T0, T0 + 2 * SECOND, b"big.bin",
+                "command exited before reading all input"),
+        command(7, 0, CommandState.NOT_STARTED, 0, CommandInput.INCOMPLETE, 0, T0, T0, b"x\xff.bin",
+                "cannot start the command: pipe: Too many open files"),
+        command(9, 4250, CommandState.RUNNING, 0, CommandInput.FEEDING, 65536, T0, 0, b"live.txt")])),
+    "server_session_v2": session2(
+        CommandsReply([command(1, 4242, CommandState.EXITED, 0, CommandInput.COMPLETE, 6, T0, T0 + 1, b"a.txt")]),
+        StatusReply()),
 }
 
 
@@ -131,7 +161,7 @@ CLIENT_SAMPLES = [
     Subscribe([b"exact name with spaces"], literal=True, once=True, nowait=True),
     Subscribe([big_path(MAX_PATH, bytes([97 + i % 26])) for i in range(MAX_PATTERNS)]),
     Ack(0, 0), Ack(1, 1 << 40), Ack(2**64 - 1, 2**64 - 1),
-    StatusRequest(),
+    StatusRequest(), StatusRequest(commands=True),
 ]
 
 SERVER_SAMPLES = [
@@ -150,6 +180,14 @@ SERVER_SAMPLES = [
     StatusReply([StreamStatus(9, 1, 1, 1, 1, 1, 1, StreamState.DRAINING, big_path(MAX_PATH))]),
     Error(ErrorCode.TRUNCATED, ""), Error(ErrorCode.INTERNAL, "m" * MAX_TEXT),
     Error(0xFFFF, "future code"),
+    CommandsReply(),
+    CommandsReply([
+        command(1, 2, CommandState.EXITED, 255, CommandInput.COMPLETE, 2**64 - 1, -2**63, 2**63 - 1, b"a"),
+        command(2**64 - 1, 2**32 - 1, CommandState.KILLED, 255, CommandInput.CUT_SHORT, 0, 0, 0,
+                big_path(MAX_PATH), "\u00e9" * (MAX_TEXT // 2)),
+        command(3, 0, CommandState.NOT_STARTED, 0, CommandInput.INCOMPLETE, 0, 1, 2, b"n", "why"),
+        command(4, 9, CommandState.UNKNOWN, 0, CommandInput.INCOMPLETE, 7, 1, 2, b"u", "ECHILD"),
+        command(5, 9, CommandState.RUNNING, 0, CommandInput.FEEDING, 7, 1, 0, "r")]),
 ]
 
 
@@ -175,7 +213,10 @@ class RoundTrip(unittest.TestCase):
     def test_hello(self):
         for h in (Hello(1, 0), Hello(2, 0xFFFF), Hello(0xFFFF, 1)):
             self.assertEqual(decode_all(Peer.CLIENT, encode(h)), [h])
+        for h in (Hello(1, 0), Hello(2, 0)):
+            self.assertEqual(decode_all(Peer.SERVER, encode(h)), [h])
         self.assertEqual(len(encode(Hello())), HELLO_SIZE)
+        self.assertEqual(Hello().version, VERSION)
 
     def test_str_paths_become_bytes(self):
         self.assertEqual(Subscribe(["a"]).patterns, (b"a",))
@@ -301,6 +342,21 @@ class Errors(unittest.TestCase):
             (StatusReply(big), ErrorCode.TOO_LARGE),
             (Error(0, "x"), ErrorCode.BAD_VALUE),
             (Error(ErrorCode.BUSY, "e" * (MAX_TEXT + 1)), ErrorCode.LIMIT),
+            (CommandsReply([command(1, 1, 5, 0, 0, 0, 0, 0, b"a")]), ErrorCode.BAD_VALUE),
+            (CommandsReply([command(1, 1, CommandState.RUNNING, 1, 0, 0, 0, 0, b"a")]), ErrorCode.BAD_VALUE),
+            (CommandsReply([command(1, 0, CommandState.NOT_STARTED, 127, 3, 0, 0, 0, b"a")]), ErrorCode.BAD_VALUE),
+            (CommandsReply([command(1, 1, CommandState.KILLED, 0, 2, 0, 0, 0, b"a")]), ErrorCode.BAD_VALUE),
+            (CommandsReply([command(1, 1, CommandState.EXITED, 256, 1, 0, 0, 0, b"a")]), ErrorCode.BAD_VALUE),
+            (CommandsReply([command(1, 1, CommandState.EXITED, 0, 4, 0, 0, 0, b"a")]), ErrorCode.BAD_VALUE),
+            (CommandsReply([command(1, 1, CommandState.EXITED, 0, 1, 0, 0, 0, b"")]), ErrorCode.BAD_VALUE),
+            (CommandsReply([command(1, 1, CommandState.EXITED, 0, 1, 0, 0, 0, b"a" * (MAX_PATH + 1))]),
+             ErrorCode.LIMIT),
+            (CommandsReply([command(1, 1, CommandState.EXITED, 0, 1, 0, 0, 0, b"a", "\ud800")]),
+             ErrorCode.BAD_VALUE),
+            (CommandsReply([command(1, 1, CommandState.EXITED, 0, 1, 0, 0, 0, b"a", "n" * (MAX_TEXT + 1))]),
+             ErrorCode.LIMIT),
+            (CommandsReply([command(0, 0, CommandState.EXITED, 0, 1, 0, 0, 0, big_path(MAX_PATH), "n" * MAX_TEXT)]
+                           * 250), ErrorCode.TOO_LARGE),
         ]
         for frame, code in cases:
             with self.subTest(frame=repr(frame)[:60]):
@@ -322,10 +378,61 @@ class StatusReplies(unittest.TestCase):
         self.assertEqual(encode_status([]).hex(), "000000028600" "0000")
 
 
+class CommandsReplies(unittest.TestCase):
+    def test_split_across_frames(self):
+        recs = [command(i + 1, 100 + i, CommandState.EXITED, i % 256, CommandInput.COMPLETE, i * 1000, T0, T0 + 1,
+                        big_path(MAX_PATH, bytes([97 + i % 26])), "x" * (i % 700)) for i in range(400)]
+        frames = decode_all(Peer.SERVER, encode(Hello()) + encode_commands(recs))[1:]
+        self.assertGreater(len(frames), 1)
+        self.assertTrue(all(isinstance(f, CommandsReply) and f.commands for f in frames))
+        self.assertEqual([c for f in frames for c in f.commands], recs)
+
+    def test_empty_and_invalid(self):
+        self.assertEqual(encode_commands([]).hex(), "000000028800" "0000")
+        recs = [command(1, 1, CommandState.EXITED, 0, CommandInput.COMPLETE, 0, 0, 0, b"ok")] * 3
+        recs[1] = command(1, 1, CommandState.KILLED, 0, CommandInput.COMPLETE, 0, 0, 0, b"ok")
+        with self.assertRaises(ProtocolError) as cm:
+            encode_commands(recs)
+        self.assertEqual(cm.exception.code, ErrorCode.BAD_VALUE)
+        self.assertIn("record 1", cm.exception.message)
+
+
+class Versions(unittest.TestCase):
+    def test_connection_version_comes_from_the_hello(self):
+        for sender, speaks, hello, connection in ((Peer.CLIENT, 2, 1, 1), (Peer.CLIENT, 2, 2, 2),
+                                                  (Peer.CLIENT, 2, 7, 2), (Peer.CLIENT, 1, 7, 1),
+                                                  (Peer.SERVER, 2, 1, 1), (Peer.SERVER, 2, 2, 2)):
+            dec = Decoder(sender, speaks)
+            self.assertIsNone(dec.version)
+            dec.feed(encode(Hello(hello)))
+            self.assertEqual(dec.next(), Hello(hello))
+            self.assertEqual(dec.version, connection, (sender, speaks, hello))
+
+    def test_a_version_1_client_refuses_a_version_2_server(self):
+        dec = Decoder(Peer.SERVER, 1)
+        with self.assertRaises(ProtocolError) as cm:
+            dec.feed(encode(Hello(2)))
+        self.assertEqual(cm.exception.code, ErrorCode.BAD_VERSION)
+        self.assertIn("speaks 1 to 1", cm.exception.message)
+
+    def test_version_2_frames_and_flags_are_refused_on_version_1(self):
+        _, err, _ = decode(Peer.SERVER, encode(Hello(1)) + encode(CommandsReply()))
+        self.assertEqual(err.code, ErrorCode.BAD_TYPE)
+        self.assertIn("not in protocol version 1", err.message)
+        dec = Decoder(Peer.CLIENT, 1)  # a version 1 server reading a version 2 client
+        dec.feed(encode(Hello(2)))
+        self.assertEqual(dec.next(), Hello(2))
+        with self.assertRaises(ProtocolError) as cm:
+            dec.feed(encode(StatusRequest(commands=True)))
+        self.assertEqual(cm.exception.code, ErrorCode.BAD_FLAGS)
+        self.assertEqual(decode_all(Peer.CLIENT, encode(Hello(2)) + encode(StatusRequest(commands=True))),
+                         session2(StatusRequest(commands=True)))
+
+
 def check_invariants(test, data):
     """The fuzz target's invariants (tests/proto/fuzz_decoder.cpp)."""
     for sender in (Peer.CLIENT, Peer.SERVER):
-        for prefix in (b"", encode(Hello())):
+        for prefix in (b"", encode(Hello(1)), encode(Hello(2))):
             wire = prefix + data
             whole = decode(sender, wire)
             for sizes in ([1], random_sizes(len(wire))):

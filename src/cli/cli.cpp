@@ -88,6 +88,71 @@ struct MountArgs {
   bool exec_given = false;
 };
 
+// ---- `capturefs status` shows the commands (docs/protocol.md, COMMANDS)
+
+std::int64_t ns_of(const timespec& t) {
+  return static_cast<std::int64_t>(t.tv_sec) * 1000000000 + static_cast<std::int64_t>(t.tv_nsec);
+}
+
+proto::CommandInput input_of(ExecInput i) {
+  switch (i) {
+    case ExecInput::feeding: return proto::CommandInput::feeding;
+    case ExecInput::complete: return proto::CommandInput::complete;
+    case ExecInput::cut_short: return proto::CommandInput::cut_short;
+    case ExecInput::incomplete: break;
+  }
+  return proto::CommandInput::incomplete;
+}
+
+proto::CommandStatus record_of(const ExecExit& x) {
+  proto::CommandStatus c;
+  c.id = x.stream_id;
+  c.pid = static_cast<std::uint32_t>(x.pid);
+  c.input = input_of(x.input);
+  c.bytes = x.bytes;
+  c.started_ns = ns_of(x.started);
+  c.ended_ns = ns_of(x.ended);
+  c.path = x.path;
+  c.note = x.note;
+  if (x.pid <= 0) {
+    c.pid = 0;
+    c.state = proto::CommandState::not_started;
+  } else if (x.status != -1 && WIFEXITED(x.status)) {
+    c.state = proto::CommandState::exited;
+    c.code = static_cast<std::uint8_t>(WEXITSTATUS(x.status));
+  } else if (x.status != -1 && WIFSIGNALED(x.status)) {
+    c.state = proto::CommandState::killed;
+    c.code = static_cast<std::uint8_t>(WTERMSIG(x.status));
+  } else {
+    c.state = proto::CommandState::unknown;
+    if (c.note.empty()) c.note = x.status == -1 ? "not waited for" : describe_wait_status(x.status);
+  }
+  return c;
+}
+
+proto::CommandStatus record_of(const ExecRunning& r) {
+  proto::CommandStatus c;
+  c.id = r.stream_id;
+  c.pid = static_cast<std::uint32_t>(r.pid);
+  c.state = proto::CommandState::running;
+  c.input = input_of(r.input);
+  c.bytes = r.bytes;
+  c.started_ns = ns_of(r.started);
+  c.path = r.path;
+  c.note = r.note;
+  return c;
+}
+
+/// Those that ended (oldest first), then those running.
+std::vector<proto::CommandStatus> command_records(const ExecRunner& runner) {
+  const ExecSnapshot snap = runner.snapshot();
+  std::vector<proto::CommandStatus> out;
+  out.reserve(snap.recent.size() + snap.running.size());
+  for (const auto& x : snap.recent) out.push_back(record_of(x));
+  for (const auto& r : snap.running) out.push_back(record_of(r));
+  return out;
+}
+
 // A size option, checked at parse time so the message names the option.
 std::uint64_t size_or_throw(const std::string& name, const std::string& v) {
   auto n = core::parse_size(v);
@@ -164,7 +229,11 @@ int run_mount(const MountArgs& a) {
   // After daemonize() too (threads). Declared after m: destroyed first.
   std::unique_ptr<server::Server> srv;
   if (listener) {
-    srv = std::make_unique<server::Server>(detail::MountAccess::volume(*m), std::move(listener));
+    server::ServerOptions so;
+    // `capturefs status` lists the commands too. The runner outlives the
+    // server (it is stopped first, below).
+    if (runner) so.commands = [r = runner.get()] { return command_records(*r); };
+    srv = std::make_unique<server::Server>(detail::MountAccess::volume(*m), std::move(listener), so);
     srv->start();
     log::info("socket: serving {}", srv->path());
   }
@@ -308,9 +377,15 @@ int tool_main(int argc, char** argv) {
                 "and such a path also comes exactly as \"path_base64\".");
 
   StatusArgs status_args;
-  auto* status = app.add_subcommand("status", "List every live stream: writer, bytes written and delivered, rate, state");
+  auto* status = app.add_subcommand(
+      "status", "List every live stream (writer, bytes written and delivered, rate, state) and the commands of --exec");
   add_socket_option(*status, status_args.socket);
   status->add_flag("--json", status_args.json, "One JSON object per line instead of a table");
+  status->footer("\nWith a daemon that runs --exec, a second table lists its commands: those that ended (the\n"
+                 "last 256, oldest first), then those running, each with its pid, the bytes fed to its stdin,\n"
+                 "INPUT (feeding, complete, cut short: it exited before reading everything and the writer\n"
+                 "got EPIPE, incomplete: the stream ended early) and STATE (running, exited N, killed by\n"
+                 "signal NAME, not started). JSON lines have \"kind\":\"stream\" or \"kind\":\"command\".");
 
   try {
     app.parse(argc, argv);

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -190,11 +191,84 @@ int run_watch(const WatchArgs& a) {
 
 // ---------------------------------------------------------------- status
 
+namespace {
+
+const char* input_name(proto::CommandInput i) {
+  switch (i) {
+    case proto::CommandInput::feeding: return "feeding";
+    case proto::CommandInput::complete: return "complete";
+    case proto::CommandInput::cut_short: return "cut_short";
+    case proto::CommandInput::incomplete: return "incomplete";
+  }
+  return "?";
+}
+
+const char* command_state_name(proto::CommandState s) {
+  switch (s) {
+    case proto::CommandState::running: return "running";
+    case proto::CommandState::exited: return "exited";
+    case proto::CommandState::killed: return "killed";
+    case proto::CommandState::not_started: return "not_started";
+    case proto::CommandState::unknown: return "unknown";
+  }
+  return "?";
+}
+
+/// "SIGKILL", or "" for a number this system has no name for.
+std::string signal_name(unsigned sig) {
+  const char* abbrev = sig < 256 ? sigabbrev_np(static_cast<int>(sig)) : nullptr;
+  return abbrev ? std::string("SIG") + abbrev : std::string();
+}
+
+/// "running", "exited 3", "killed by signal SIGKILL", "not started", "unknown".
+std::string command_state_text(const proto::CommandStatus& c) {
+  switch (c.state) {
+    case proto::CommandState::running: return "running";
+    case proto::CommandState::exited: return "exited " + num(c.code);
+    case proto::CommandState::killed: {
+      const std::string name = signal_name(c.code);
+      return "killed by signal " + (name.empty() ? num(c.code) : name);
+    }
+    case proto::CommandState::not_started: return "not started";
+    case proto::CommandState::unknown: return "unknown";
+  }
+  return "?";
+}
+
+std::string stream_json(const proto::StreamStatus& r) {
+  return "{\"kind\":\"stream\",\"id\":" + num(r.id) + "," + server::json_path_fields(r.path) + ",\"pid\":" + num(r.pid) +
+         ",\"uid\":" + num(r.uid) + ",\"time\":\"" + server::iso_time(r.time_ns) + "\",\"written\":" + num(r.written) +
+         ",\"delivered\":" + num(r.delivered) + ",\"rate\":" + num(r.rate) + ",\"state\":\"" + state_name(r.state) +
+         "\"}";
+}
+
+std::string command_json(const proto::CommandStatus& c) {
+  std::string line = "{\"kind\":\"command\",\"id\":" + num(c.id) + "," + server::json_path_fields(c.path) +
+                     ",\"pid\":" + num(c.pid) + ",\"state\":\"" + command_state_name(c.state) + "\"";
+  if (c.state == proto::CommandState::exited) line += ",\"exit_code\":" + num(c.code);
+  if (c.state == proto::CommandState::killed) {
+    line += ",\"signal\":" + num(c.code);
+    if (const std::string name = signal_name(c.code); !name.empty()) line += ",\"signal_name\":\"" + name + "\"";
+  }
+  line += ",\"input\":\"" + std::string(input_name(c.input)) + "\",\"bytes\":" + num(c.bytes) + ",\"started\":\"" +
+          server::iso_time(c.started_ns) + "\"";
+  if (c.state != proto::CommandState::running) line += ",\"ended\":\"" + server::iso_time(c.ended_ns) + "\"";
+  if (!c.note.empty()) line += ",\"note\":" + server::json_string(c.note);
+  return line + "}";
+}
+
+}  // namespace
+
 int run_status(const StatusArgs& a) {
   try {
     ClientConnection c(a.socket);
-    c.queue(proto::StatusRequest{});
+    // The commands (--exec) are a version 2 feature: ask only a daemon that
+    // speaks it (an older one would refuse the request).
+    const bool ask_commands = c.version() >= 2;
+    c.queue(proto::StatusRequest{.commands = ask_commands});
     std::vector<proto::StreamStatus> all;
+    std::vector<proto::CommandStatus> commands;
+    bool runs_commands = false;  // a COMMANDS frame came: the daemon runs --exec
     for (;;) {
       auto f = c.next();
       if (!f) {
@@ -205,19 +279,21 @@ int run_status(const StatusArgs& a) {
         complain("status", a.socket + ": " + server::describe(*e));
         return 1;
       }
+      if (auto* cmds = std::get_if<proto::CommandsReply>(&*f)) {
+        runs_commands = true;
+        commands.insert(commands.end(), cmds->commands.begin(), cmds->commands.end());
+        continue;
+      }
       auto* part = std::get_if<proto::StatusReply>(&*f);
       if (part == nullptr) continue;
       all.insert(all.end(), part->streams.begin(), part->streams.end());
       if (!part->more) break;
     }
     if (a.json) {
-      for (const auto& r : all) {
-        if (!print_line("{\"id\":" + num(r.id) + "," + server::json_path_fields(r.path) + ",\"pid\":" + num(r.pid) +
-                        ",\"uid\":" + num(r.uid) + ",\"time\":\"" + server::iso_time(r.time_ns) +
-                        "\",\"written\":" + num(r.written) + ",\"delivered\":" + num(r.delivered) +
-                        ",\"rate\":" + num(r.rate) + ",\"state\":\"" + state_name(r.state) + "\"}"))
-          return 1;
-      }
+      for (const auto& r : all)
+        if (!print_line(stream_json(r))) return 1;
+      for (const auto& cmd : commands)
+        if (!print_line(command_json(cmd))) return 1;
       return 0;
     }
     char buf[256];
@@ -229,6 +305,21 @@ int run_status(const StatusArgs& a) {
                     server::human_bytes(r.delivered).c_str(), (server::human_bytes(r.rate) + "/s").c_str(),
                     state_name(r.state));
       if (!print_line(buf + server::printable(r.path))) return 1;
+    }
+    if (!runs_commands) return 0;
+    // The commands of --exec: those that ended (oldest first), then those running.
+    std::snprintf(buf, sizeof buf, "\n%-8s %10s  %-10s  %-24s  %s", "CMD PID", "STDIN", "INPUT", "STATE", "PATH");
+    if (!print_line(buf)) return 1;
+    for (const auto& cmd : commands) {
+      std::string input = input_name(cmd.input);
+      std::replace(input.begin(), input.end(), '_', ' ');
+      std::snprintf(buf, sizeof buf, "%-8s %10s  %-10s  %-24s  ", cmd.pid != 0 ? num(cmd.pid).c_str() : "-",
+                    server::human_bytes(cmd.bytes).c_str(), input.c_str(), command_state_text(cmd).c_str());
+      if (!print_line(buf + server::printable(cmd.path))) return 1;
+      // Why, when it is not plain from the columns.
+      const bool explain = cmd.input == proto::CommandInput::incomplete ||
+                           cmd.state == proto::CommandState::not_started || cmd.state == proto::CommandState::unknown;
+      if (explain && !cmd.note.empty() && !print_line("         note: " + server::printable(cmd.note))) return 1;
     }
     return 0;
   } catch (const ClientError& e) {

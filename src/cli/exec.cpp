@@ -162,9 +162,16 @@ struct ExecRunner::Job {
   int status = -1;
   bool reaped = false;
   bool aborted = false;   // we gave up on the stream (AbortStream)
+  bool epipe = false;     // ... because the command stopped reading
   bool closed = false;    // on_close was seen
   bool complete = false;  // ... with the whole stream
-  std::string note;
+  std::string note;       // final once the job is handed to the reaper
+  std::string wait_note;  // the reaper's: why the exit status is unknown
+
+  ExecInput input() const {
+    if (closed && complete && !aborted) return ExecInput::complete;
+    return epipe ? ExecInput::cut_short : ExecInput::incomplete;
+  }
 
   ~Job() {
     close_fd(pipe_w);
@@ -183,7 +190,7 @@ struct ExecRunner::Job {
       }
       if (r < 0 && errno == EINTR) continue;
       if (r < 0) {  // ECHILD: reaped elsewhere (an embedding program's SIGCHLD handler)
-        if (note.empty()) note = "exit status unknown: " + errno_text(errno);
+        wait_note = "exit status unknown: " + errno_text(errno);
         reaped = true;
         return true;
       }
@@ -268,13 +275,31 @@ std::shared_ptr<ExecRunner::Job> ExecRunner::find(std::uint64_t id) const {
 }
 
 std::vector<ExecRunning> ExecRunner::running() const {
-  std::vector<ExecRunning> out;
   std::lock_guard lk(mu_);
+  return running_locked();
+}
+
+ExecSnapshot ExecRunner::snapshot() const {
+  // Under mu_: finish() moves a job from reaping_ to the history under it.
+  std::lock_guard lk(mu_);
+  return ExecSnapshot{running_locked(), history_.recent()};
+}
+
+std::vector<ExecRunning> ExecRunner::running_locked() const {
+  std::vector<ExecRunning> out;
   auto add = [&](const Job& j) {
-    out.push_back(ExecRunning{j.id, j.path, j.pid, j.bytes.load(std::memory_order_relaxed), j.started});
+    out.push_back(ExecRunning{j.id, j.path, j.pid, j.bytes.load(std::memory_order_relaxed), j.started,
+                              ExecInput::feeding, {}});
   };
+  // Jobs being fed: their delivery thread changes them, so only the atomic
+  // byte count is read.
   for (const auto& [id, j] : jobs_) add(*j);
-  for (const auto& j : reaping_) add(*j);
+  // Handed to the reaper (under mu_): how the input went is settled.
+  for (const auto& j : reaping_) {
+    add(*j);
+    out.back().input = j->input();
+    if (out.back().input != ExecInput::complete) out.back().note = j->note;
+  }
   std::sort(out.begin(), out.end(),
             [](const ExecRunning& a, const ExecRunning& b) { return a.stream_id < b.stream_id; });
   return out;
@@ -285,6 +310,7 @@ void ExecRunner::on_open(const StreamOpen& o) {
   auto record_failure = [&](const std::string& what) {
     log::warn("exec '{}': cannot start the command: {}; its writers get EPIPE", log_quote(o.path), what);
     ExecExit x;
+    x.input = ExecInput::incomplete;
     x.stream_id = o.id;
     x.path = o.path;
     x.note = "cannot start the command: " + what;
@@ -369,8 +395,9 @@ void ExecRunner::on_open(const StreamOpen& o) {
 void ExecRunner::on_data(const Chunk& c) {
   const auto j = find(c.id);
   if (!j || j->aborted || j->pipe_w < 0) return;
-  auto give_up = [&](const std::string& reason, bool warn) {
+  auto give_up = [&](const std::string& reason, bool warn, bool epipe = false) {
     j->aborted = true;
+    j->epipe = epipe;
     j->note = reason;
     close_fd(j->pipe_w);
     if (warn) {
@@ -393,7 +420,7 @@ void ExecRunner::on_data(const Chunk& c) {
     }
     const int err = n < 0 ? errno : EIO;
     if (err == EINTR) continue;
-    if (err == EPIPE) give_up("command exited before reading all input", true);
+    if (err == EPIPE) give_up("command exited before reading all input", true, /*epipe=*/true);
     if (err != EAGAIN) give_up("writing to the command's stdin failed: " + errno_text(err), true);
     // The pipe is full: wait for the command to read, or for stop().
     pollfd fds[2] = {{j->pipe_w, POLLOUT, 0}, {stop_fd_, POLLIN, 0}};
@@ -441,25 +468,14 @@ void ExecRunner::reap_loop() {
       draining = draining_;
       deadline = drain_deadline_;
     }
-    // Reap what has exited.
+    // Reap what has exited (finish() takes it out of reaping_).
     for (auto& j : watch) {
-      if (!j->try_reap()) continue;
-      {
-        std::lock_guard lk(mu_);
-        std::erase(reaping_, j);
-      }
-      finish(j);
+      if (j->try_reap()) finish(j);
     }
     std::erase_if(watch, [](const std::shared_ptr<Job>& j) { return j->reaped; });
     if (draining && watch.empty()) return;
     if (draining && ms_until(deadline) == 0) {
-      for (auto& j : watch) {
-        {
-          std::lock_guard lk(mu_);
-          std::erase(reaping_, j);
-        }
-        finish(j);  // "still running (pid N)": not waited for any longer
-      }
+      for (auto& j : watch) finish(j);  // "still running (pid N)": not waited for any longer
       return;
     }
     // Sleep until one of them exits, or news.
@@ -483,19 +499,16 @@ void ExecRunner::reap_loop() {
 }
 
 void ExecRunner::finish(const std::shared_ptr<Job>& j) {
-  {
-    std::lock_guard lk(mu_);
-    --alive_;
-  }
-  slot_cv_.notify_one();
   ExecExit x;
   x.stream_id = j->id;
   x.path = j->path;
   x.pid = j->pid;
   x.status = j->reaped ? j->status : -1;
   x.bytes = j->bytes.load(std::memory_order_relaxed);
-  x.input_complete = j->closed && j->complete && !j->aborted;
-  x.note = x.input_complete ? std::string() : (j->note.empty() ? "the stream did not end" : j->note);
+  x.input = j->input();
+  x.input_complete = x.input == ExecInput::complete;
+  const std::string& why = j->note.empty() ? j->wait_note : j->note;
+  x.note = x.input_complete ? std::string() : (why.empty() ? "the stream did not end" : why);
   x.started = j->started;
   x.ended = now_realtime();
 
@@ -503,9 +516,18 @@ void ExecRunner::finish(const std::shared_ptr<Job>& j) {
                                 j->reaped ? describe_wait_status(x.status)
                                           : "still running (pid " + std::to_string(x.pid) + "), not waited for");
   if (!x.input_complete) msg += fmt::format(" (input incomplete: {})", x.note);
-  if (x.ok()) log::info("{}", msg);
+  const bool ok = x.ok();
+  {
+    // From running to the history in one step (snapshot() sees one or the
+    // other), before the log line: whoever reads the line finds the record.
+    std::lock_guard lk(mu_);
+    std::erase(reaping_, j);
+    --alive_;
+    history_.add(std::move(x));
+  }
+  slot_cv_.notify_one();
+  if (ok) log::info("{}", msg);
   else log::warn("{}", msg);
-  history_.add(std::move(x));
 }
 
 void ExecRunner::stop_feeding() {

@@ -33,8 +33,9 @@
 // always enough, and a reaped command frees its slot without needing one.
 //
 // THREADING
-// Callbacks run on the consumer's delivery threads; history() and running()
-// may be called from any thread. SIGPIPE is ignored process-wide (once the
+// Callbacks run on the consumer's delivery threads; history(), running()
+// and snapshot() may be called from any thread (snapshot() is what
+// `capturefs status` shows, through the socket server). SIGPIPE is ignored process-wide (once the
 // runner exists) so that a closed pipe is an EPIPE, not the daemon's death;
 // SIGCHLD is reset to its default so that waitpid works.
 #pragma once
@@ -80,6 +81,14 @@ std::string describe_wait_status(int status);
 /// backslash and single quote are escaped (\n, \x1b, \\, \').
 std::string log_quote(std::string_view path);
 
+/// \brief How far a command got with its input.
+enum class ExecInput {
+  feeding,     ///< the stream is still being written to its stdin
+  complete,    ///< it got the whole stream, then EOF
+  cut_short,   ///< it exited (or closed stdin) before reading everything: the writers got EPIPE
+  incomplete,  ///< the stream ended early otherwise (unlinked, capturefs stopping, not started, ...)
+};
+
 /// \brief One command that has ended (or could not start).
 struct ExecExit {
   std::uint64_t stream_id = 0;
@@ -88,6 +97,7 @@ struct ExecExit {
   int status = -1;               ///< raw wait status; -1: not started / not waited for
   std::uint64_t bytes = 0;       ///< bytes written to its stdin
   bool input_complete = false;   ///< it got the whole stream, then EOF
+  ExecInput input = ExecInput::incomplete;  ///< complete, cut_short or incomplete
   std::string note;              ///< why the input is incomplete, if it is
   timespec started{};
   timespec ended{};
@@ -102,10 +112,21 @@ struct ExecRunning {
   pid_t pid = 0;
   std::uint64_t bytes = 0;  ///< written to its stdin so far
   timespec started{};
+  /// feeding while the stream goes on; once its stdin is closed, how that went.
+  ExecInput input = ExecInput::feeding;
+  std::string note;  ///< why the input is incomplete (once it is known)
+};
+
+/// \brief The commands at one moment: those running and the most recent
+/// that ended (oldest first). A command is never in both lists, and one
+/// that has ended is never missing from both.
+struct ExecSnapshot {
+  std::vector<ExecRunning> running;  ///< by stream id
+  std::vector<ExecExit> recent;
 };
 
 /// \brief A bounded, thread-safe record of the most recent exits (what a
-/// `capturefs status` command will report).
+/// `capturefs status` command reports, with the running ones).
 class ExecHistory {
  public:
   explicit ExecHistory(std::size_t capacity = 256) : capacity_(capacity == 0 ? 1 : capacity) {}
@@ -152,6 +173,8 @@ class ExecRunner {
   unsigned jobs() const { return max_jobs_; }
   const ExecHistory& history() const { return history_; }
   std::vector<ExecRunning> running() const;
+  /// \brief running() and history().recent() taken together (see ExecSnapshot).
+  ExecSnapshot snapshot() const;
 
  private:
   struct Job;
@@ -176,7 +199,7 @@ class ExecRunner {
   bool feeding_stopped_ = false;
   bool stopped_ = false;
 
-  mutable std::mutex mu_;  // guards everything below; leaf
+  mutable std::mutex mu_;  // guards everything below; only history_'s lock is taken under it
   std::condition_variable slot_cv_;
   unsigned alive_ = 0;  // commands started and not yet reaped
   std::unordered_map<std::uint64_t, std::shared_ptr<Job>> jobs_;  // being fed
@@ -185,6 +208,8 @@ class ExecRunner {
   timespec drain_deadline_{};  // CLOCK_MONOTONIC
 
   ExecHistory history_;
+  std::vector<ExecRunning> running_locked() const;
+
   std::thread reaper_;
   Consumer consumer_;  // last: created once everything above is ready
 };

@@ -47,6 +47,7 @@ constexpr std::uint8_t kSubLiteral = 0x02;
 constexpr std::uint8_t kSubOnce = 0x04;
 constexpr std::uint8_t kSubNowait = 0x08;
 constexpr std::uint8_t kStatusMore = 0x01;
+constexpr std::uint8_t kStatusReqCommands = 0x01;  // version 2
 
 // Fixed sizes of the variable parts' neighbours.
 constexpr std::size_t kOpenedFixed = 8 + 8 + 8 + 4 + 4 + 2;  // + path
@@ -55,31 +56,40 @@ constexpr std::size_t kClosedFixed = 8 + 8 + 1 + 2;          // + reason
 constexpr std::size_t kErrorFixed = 2 + 2;                   // + message
 constexpr std::size_t kDataFixed = 8 + 8;                    // + payload
 constexpr std::size_t kRecordFixed = 8 + 4 + 4 + 8 + 8 + 8 + 8 + 1 + 2;  // + path
+constexpr std::size_t kCommandFixed = 8 + 4 + 1 + 1 + 1 + 8 + 8 + 8 + 2 + 2;  // + path + note
 
 struct TypeInfo {
   Type type;
   const char* name;
   Peer sender;
-  std::uint8_t flags;    // defined flag bits
-  std::size_t min_body;  // fixed fields, variable parts empty
-  std::size_t max_body;  // fixed fields, variable parts at their limits
+  std::uint8_t flags;     // flag bits defined since version 1
+  std::size_t min_body;   // fixed fields, variable parts empty
+  std::size_t max_body;   // fixed fields, variable parts at their limits
+  std::uint16_t since;    // the first version with this frame type
+  std::uint8_t flags_v2;  // flag bits added in version 2
 };
 
 constexpr TypeInfo kTypes[] = {
     {Type::subscribe, "SUBSCRIBE", Peer::client, kSubObserve | kSubLiteral | kSubOnce | kSubNowait,
-     2, 2 + kMaxPatterns * (2 + kMaxPath)},
-    {Type::ack, "ACK", Peer::client, 0, 16, 16},
-    {Type::status_request, "STATUS_REQUEST", Peer::client, 0, 0, 0},
-    {Type::subscribed, "SUBSCRIBED", Peer::server, 0, 0, 0},
-    {Type::opened, "OPENED", Peer::server, 0, kOpenedFixed, kOpenedFixed + kMaxPath},
-    {Type::data, "DATA", Peer::server, 0, kDataFixed, kDataFixed + kMaxChunk},
-    {Type::renamed, "RENAMED", Peer::server, 0, kRenamedFixed, kRenamedFixed + kMaxPath},
-    {Type::closed, "CLOSED", Peer::server, 0, kClosedFixed, kClosedFixed + kMaxText},
-    {Type::status, "STATUS", Peer::server, kStatusMore, 2, kMaxBody},
-    {Type::error, "ERROR", Peer::server, 0, kErrorFixed, kErrorFixed + kMaxText},
+     2, 2 + kMaxPatterns * (2 + kMaxPath), 1, 0},
+    {Type::ack, "ACK", Peer::client, 0, 16, 16, 1, 0},
+    {Type::status_request, "STATUS_REQUEST", Peer::client, 0, 0, 0, 1, kStatusReqCommands},
+    {Type::subscribed, "SUBSCRIBED", Peer::server, 0, 0, 0, 1, 0},
+    {Type::opened, "OPENED", Peer::server, 0, kOpenedFixed, kOpenedFixed + kMaxPath, 1, 0},
+    {Type::data, "DATA", Peer::server, 0, kDataFixed, kDataFixed + kMaxChunk, 1, 0},
+    {Type::renamed, "RENAMED", Peer::server, 0, kRenamedFixed, kRenamedFixed + kMaxPath, 1, 0},
+    {Type::closed, "CLOSED", Peer::server, 0, kClosedFixed, kClosedFixed + kMaxText, 1, 0},
+    {Type::status, "STATUS", Peer::server, kStatusMore, 2, kMaxBody, 1, 0},
+    {Type::error, "ERROR", Peer::server, 0, kErrorFixed, kErrorFixed + kMaxText, 1, 0},
+    {Type::commands, "COMMANDS", Peer::server, 0, 2, kMaxBody, 2, 0},
 };
 static_assert(kDataFixed + kMaxChunk == kMaxBody);
 static_assert(2 + kMaxPatterns * (2 + kMaxPath) <= kMaxBody);
+static_assert(2 + kCommandFixed + kMaxPath + kMaxText <= kMaxBody);
+
+std::uint8_t defined_flags(const TypeInfo& ti, std::uint16_t version) {
+  return static_cast<std::uint8_t>(ti.flags | (version >= 2 ? ti.flags_v2 : 0));
+}
 
 const TypeInfo* find_type(std::uint8_t t) {
   for (const auto& i : kTypes)
@@ -192,6 +202,28 @@ std::optional<Error> check_closed(const Closed& c) {
 }
 bool valid_state(StreamState s) { return static_cast<std::uint8_t>(s) <= 3; }
 
+// A command record's state and code, as read: the enum, then the code
+// against the state. `ctx` is "COMMANDS: record N".
+std::optional<Error> check_command_state(const std::string& ctx, std::uint8_t state) {
+  if (state > static_cast<std::uint8_t>(CommandState::unknown))
+    return make_error(ErrorCode::bad_value, ctx + format(": state: unknown value %u", unsigned{state}));
+  return std::nullopt;
+}
+std::optional<Error> check_command_code(const std::string& ctx, CommandState state, std::uint8_t code) {
+  if (state == CommandState::killed && code == 0)
+    return make_error(ErrorCode::bad_value, ctx + ": code: signal 0 is not valid");
+  if (state != CommandState::exited && state != CommandState::killed && code != 0)
+    return make_error(ErrorCode::bad_value,
+                      ctx + format(": code: must be 0 when the state is %u (neither exited nor killed)",
+                                   static_cast<unsigned>(state)));
+  return std::nullopt;
+}
+std::optional<Error> check_command_input(const std::string& ctx, std::uint8_t input) {
+  if (input > static_cast<std::uint8_t>(CommandInput::incomplete))
+    return make_error(ErrorCode::bad_value, ctx + format(": input: unknown value %u", unsigned{input}));
+  return std::nullopt;
+}
+
 // ---------------------------------------------------------------- encoding
 
 std::size_t begin_frame(Out& o, Type t, std::uint8_t flags) {
@@ -233,6 +265,28 @@ std::optional<Error> check_record(std::size_t index, const StreamStatus& r) {
   return check_path(ctx + ": path", r.path);
 }
 
+void put_command(Out& o, const CommandStatus& c) {
+  put64(o, c.id);
+  put32(o, c.pid);
+  put8(o, static_cast<std::uint8_t>(c.state));
+  put8(o, c.code);
+  put8(o, static_cast<std::uint8_t>(c.input));
+  put64(o, c.bytes);
+  put64(o, static_cast<std::uint64_t>(c.started_ns));
+  put64(o, static_cast<std::uint64_t>(c.ended_ns));
+  put_str16(o, c.path);
+  put_str16(o, c.note);
+}
+
+std::optional<Error> check_command(std::size_t index, const CommandStatus& c) {
+  const std::string ctx = format("COMMANDS: record %zu", index);
+  if (auto e = check_command_state(ctx, static_cast<std::uint8_t>(c.state))) return e;
+  if (auto e = check_command_code(ctx, c.state, c.code)) return e;
+  if (auto e = check_command_input(ctx, static_cast<std::uint8_t>(c.input))) return e;
+  if (auto e = check_path(ctx + ": path", c.path)) return e;
+  return check_text(ctx + ": note", c.note);
+}
+
 struct Encoder {
   Out& o;
 
@@ -263,8 +317,9 @@ struct Encoder {
     put64(o, a.offset);
     return end_frame(o, at, Type::ack);
   }
-  std::optional<Error> operator()(const StatusRequest&) const {
-    return end_frame(o, begin_frame(o, Type::status_request, 0), Type::status_request);
+  std::optional<Error> operator()(const StatusRequest& r) const {
+    return end_frame(o, begin_frame(o, Type::status_request, r.commands ? kStatusReqCommands : 0),
+                     Type::status_request);
   }
   std::optional<Error> operator()(const Subscribed&) const {
     return end_frame(o, begin_frame(o, Type::subscribed, 0), Type::subscribed);
@@ -311,6 +366,17 @@ struct Encoder {
     put16(o, static_cast<std::uint16_t>(s.streams.size()));
     for (const auto& r : s.streams) put_record(o, r);
     return end_frame(o, at, Type::status);
+  }
+  std::optional<Error> operator()(const CommandsReply& c) const {
+    if (c.commands.size() > 0xFFFF)
+      return make_error(ErrorCode::limit,
+                        format("COMMANDS: %zu records, over the limit of 65535", c.commands.size()));
+    for (std::size_t i = 0; i < c.commands.size(); ++i)
+      if (auto e = check_command(i, c.commands[i])) return e;
+    const std::size_t at = begin_frame(o, Type::commands, 0);
+    put16(o, static_cast<std::uint16_t>(c.commands.size()));
+    for (const auto& r : c.commands) put_command(o, r);
+    return end_frame(o, at, Type::commands);
   }
   std::optional<Error> operator()(const Error& e) const {
     if (e.code == ErrorCode{0}) return make_error(ErrorCode::bad_value, "ERROR: code 0 is not valid");
@@ -436,7 +502,7 @@ std::variant<Frame, Error> parse_body(const TypeInfo& ti, std::uint8_t flags,
       break;
     }
     case Type::status_request:
-      f = StatusRequest{};
+      f = StatusRequest{.commands = (flags & kStatusReqCommands) != 0};
       break;
     case Type::subscribed:
       f = Subscribed{};
@@ -503,6 +569,34 @@ std::variant<Frame, Error> parse_body(const TypeInfo& ti, std::uint8_t flags,
       f = std::move(s);
       break;
     }
+    case Type::commands: {
+      CommandsReply c;
+      const std::uint16_t n = r.u16("count");
+      for (std::size_t i = 0; i < n && !r.error; ++i) {
+        const std::string ctx = format("COMMANDS: record %zu", i);
+        r.set_context(ctx);
+        CommandStatus rec;
+        rec.id = r.u64("id");
+        rec.pid = r.u32("pid");
+        const std::uint8_t st = r.u8("state");
+        if (!r.error) r.error = check_command_state(ctx, st);
+        rec.state = static_cast<CommandState>(st);
+        rec.code = r.u8("code");
+        if (!r.error) r.error = check_command_code(ctx, rec.state, rec.code);
+        const std::uint8_t in = r.u8("input");
+        if (!r.error) r.error = check_command_input(ctx, in);
+        rec.input = static_cast<CommandInput>(in);
+        rec.bytes = r.u64("bytes");
+        rec.started_ns = static_cast<std::int64_t>(r.u64("started"));
+        rec.ended_ns = static_cast<std::int64_t>(r.u64("ended"));
+        rec.path = r.path("path");
+        rec.note = r.text("note");
+        c.commands.push_back(std::move(rec));
+      }
+      r.set_context("COMMANDS");
+      f = std::move(c);
+      break;
+    }
     case Type::error: {
       Error e;
       const std::uint16_t code = r.u16("code");
@@ -555,6 +649,7 @@ std::string_view frame_name(const Frame& frame) {
     std::string_view operator()(const Closed&) const { return info_of(Type::closed).name; }
     std::string_view operator()(const StatusReply&) const { return info_of(Type::status).name; }
     std::string_view operator()(const Error&) const { return info_of(Type::error).name; }
+    std::string_view operator()(const CommandsReply&) const { return info_of(Type::commands).name; }
   };
   return std::visit(Name{}, frame);
 }
@@ -604,6 +699,30 @@ std::optional<Error> encode_status(std::span<const StreamStatus> streams, std::v
   return std::nullopt;
 }
 
+std::optional<Error> encode_commands(std::span<const CommandStatus> commands, std::vector<std::byte>& out) {
+  for (std::size_t i = 0; i < commands.size(); ++i)
+    if (auto e = check_command(i, commands[i])) return e;
+  const std::size_t before = out.size();
+  std::size_t i = 0;
+  do {
+    std::size_t body = 2, j = i;
+    while (j < commands.size() && j - i < 0xFFFF &&
+           body + kCommandFixed + commands[j].path.size() + commands[j].note.size() <= kMaxBody) {
+      body += kCommandFixed + commands[j].path.size() + commands[j].note.size();
+      ++j;
+    }
+    CommandsReply part;
+    part.commands.assign(commands.begin() + static_cast<std::ptrdiff_t>(i),
+                         commands.begin() + static_cast<std::ptrdiff_t>(j));
+    if (auto e = encode(part, out)) {
+      out.resize(before);
+      return e;
+    }
+    i = j;
+  } while (i < commands.size());
+  return std::nullopt;
+}
+
 // ---------------------------------------------------------------- Decoder
 
 void Decoder::fail(Error e) {
@@ -641,10 +760,10 @@ std::optional<std::size_t> Decoder::check_head() {
       fail(make_error(ErrorCode::bad_version, format("%s hello: version 0 is not valid", peer_name(sender_))));
       return std::nullopt;
     }
-    if (sender_ == Peer::server && version != kVersion) {
+    if (sender_ == Peer::server && (version < kMinVersion || version > max_version_)) {
       fail(make_error(ErrorCode::bad_version,
-                      format("server hello: version %u, this decoder speaks %u", unsigned{version},
-                             unsigned{kVersion})));
+                      format("server hello: version %u, this decoder speaks %u to %u", unsigned{version},
+                             unsigned{kMinVersion}, unsigned{max_version_})));
       return std::nullopt;
     }
     if (n < kHelloSize) return std::nullopt;
@@ -670,6 +789,11 @@ std::optional<std::size_t> Decoder::check_head() {
     fail(make_error(ErrorCode::bad_type, format("unknown frame type 0x%02x", unsigned{tb})));
     return std::nullopt;
   }
+  if (ti->since > version_) {
+    fail(make_error(ErrorCode::bad_type, format("frame type 0x%02x (%s) is not in protocol version %u",
+                                                unsigned{tb}, ti->name, unsigned{version_})));
+    return std::nullopt;
+  }
   if (ti->sender != sender_) {
     fail(make_error(ErrorCode::bad_type, format("frame type 0x%02x (%s) is sent by a %s, not a %s", unsigned{tb},
                                                 ti->name, peer_name(ti->sender), peer_name(sender_))));
@@ -677,9 +801,10 @@ std::optional<std::size_t> Decoder::check_head() {
   }
   if (n < kHeaderSize) return std::nullopt;
   const auto flags = std::to_integer<std::uint8_t>(p[5]);
-  if (flags & ~ti->flags) {
-    fail(make_error(ErrorCode::bad_flags,
-                    format("%s: undefined flags 0x%02x", ti->name, static_cast<unsigned>(flags & ~ti->flags))));
+  const std::uint8_t defined = defined_flags(*ti, version_);
+  if (flags & ~defined) {
+    fail(make_error(ErrorCode::bad_flags, format("%s: undefined flags 0x%02x in protocol version %u", ti->name,
+                                                 static_cast<unsigned>(flags & ~defined), unsigned{version_})));
     return std::nullopt;
   }
   if (len < ti->min_body) {
@@ -703,6 +828,8 @@ std::optional<Frame> Decoder::next() {
   if (!hello_done_) {
     out = Hello{get16(p + 4), get16(p + 6)};
     hello_done_ = true;
+    const std::uint16_t v = get16(p + 4);
+    version_ = sender_ == Peer::client ? std::min(v, max_version_) : v;
   } else {
     const TypeInfo* ti = find_type(std::to_integer<std::uint8_t>(p[4]));
     auto parsed = parse_body(*ti, std::to_integer<std::uint8_t>(p[5]),

@@ -7,7 +7,13 @@
 //
 // Byte order is big-endian throughout. Paths and patterns are raw bytes
 // (std::string used as a byte string; no UTF-8 requirement); the text
-// fields (an ERROR message, a CLOSED reason) must be UTF-8.
+// fields (an ERROR message, a CLOSED reason, a COMMANDS note) must be UTF-8.
+//
+// Versions: the codec speaks protocol versions kMinVersion..kVersion. A
+// Decoder learns the connection's version from the hello it reads and
+// rejects what that version does not define (the COMMANDS frame and the
+// STATUS_REQUEST COMMANDS flag are version 2). The encoder encodes any
+// frame: sending only what the connection's version has is the caller's job.
 #pragma once
 
 #include <cstddef>
@@ -24,7 +30,8 @@ namespace capturefs::proto {
 // ---------------------------------------------------------------- limits
 
 inline constexpr char kMagic[4] = {'C', 'A', 'P', 'F'};
-inline constexpr std::uint16_t kVersion = 1;
+inline constexpr std::uint16_t kVersion = 2;     ///< the highest version spoken
+inline constexpr std::uint16_t kMinVersion = 1;  ///< the lowest version spoken
 inline constexpr std::size_t kHelloSize = 8;    ///< magic, version, flags
 inline constexpr std::size_t kHeaderSize = 6;   ///< length u32, type u8, flags u8
 inline constexpr std::size_t kMaxChunk = 1 << 20;           ///< DATA payload
@@ -32,7 +39,7 @@ inline constexpr std::size_t kMaxBody = kMaxChunk + 16;     ///< any frame body
 inline constexpr std::size_t kMaxFrame = kHeaderSize + kMaxBody;
 inline constexpr std::size_t kMaxPath = 4096;    ///< PATH_MAX; paths and patterns
 inline constexpr std::size_t kMaxPatterns = 64;  ///< per SUBSCRIBE
-inline constexpr std::size_t kMaxText = 1024;    ///< ERROR message, CLOSED reason
+inline constexpr std::size_t kMaxText = 1024;    ///< ERROR message, CLOSED reason, COMMANDS note
 
 // ---------------------------------------------------------------- frames
 
@@ -52,6 +59,7 @@ enum class Type : std::uint8_t {
   closed = 0x85,
   status = 0x86,
   error = 0x87,
+  commands = 0x88,  ///< version 2
 };
 
 /// \brief The first 8 bytes each side sends. A client states the highest
@@ -59,7 +67,7 @@ enum class Type : std::uint8_t {
 /// answers with the version the connection uses and the features granted.
 struct Hello {
   std::uint16_t version = kVersion;
-  std::uint16_t flags = 0;  ///< v1 defines none
+  std::uint16_t flags = 0;  ///< v1 and v2 define none
   friend bool operator==(const Hello&, const Hello&) = default;
 };
 
@@ -82,6 +90,9 @@ struct Ack {
 
 /// \brief Client: asks for a STATUS reply listing every live stream.
 struct StatusRequest {
+  /// Version 2 (flag COMMANDS): the reply also lists the commands the
+  /// daemon runs (`--exec`), in COMMANDS frames before the STATUS parts.
+  bool commands = false;
   friend bool operator==(const StatusRequest&, const StatusRequest&) = default;
 };
 
@@ -157,6 +168,47 @@ struct StatusReply {
   friend bool operator==(const StatusReply&, const StatusReply&) = default;
 };
 
+/// \brief What became of a command (COMMANDS record, version 2).
+enum class CommandState : std::uint8_t {
+  running = 0,      ///< started, not yet reaped
+  exited = 1,       ///< exited; `code` is its exit status
+  killed = 2,       ///< killed by signal `code` (not 0)
+  not_started = 3,  ///< could not be started (`note` says why)
+  unknown = 4,      ///< no longer waited for, or reaped elsewhere (`note` says why)
+};
+
+/// \brief How far a command got with its input (COMMANDS record).
+enum class CommandInput : std::uint8_t {
+  feeding = 0,     ///< the stream is still being written to its stdin
+  complete = 1,    ///< it got the whole stream, then EOF
+  cut_short = 2,   ///< it exited (or closed stdin) before reading everything: the writers got EPIPE
+  incomplete = 3,  ///< the stream ended early otherwise: unlinked, daemon stopping, not started ...
+};
+
+/// \brief One record of a COMMANDS frame: a command `capturefs mount --exec`
+/// started for a stream (running, or among the most recent that ended).
+struct CommandStatus {
+  std::uint64_t id = 0;   ///< the stream it was started for
+  std::uint32_t pid = 0;  ///< 0 if it was never started
+  CommandState state = CommandState::running;
+  std::uint8_t code = 0;  ///< exited: exit status; killed: signal number; otherwise 0
+  CommandInput input = CommandInput::feeding;
+  std::uint64_t bytes = 0;      ///< bytes written to its stdin
+  std::int64_t started_ns = 0;  ///< ns since the epoch
+  std::int64_t ended_ns = 0;    ///< when it ended; 0 while running
+  std::string path;             ///< the stream's path when it started (CAPTUREFS_PATH)
+  std::string note;             ///< UTF-8, at most kMaxText: why the input or start failed; may be empty
+  friend bool operator==(const CommandStatus&, const CommandStatus&) = default;
+};
+
+/// \brief Server, version 2: commands, part of the answer to a
+/// STATUS_REQUEST with `commands` set. Sent only by a daemon that runs
+/// commands, before the STATUS parts (the last STATUS part ends the reply).
+struct CommandsReply {
+  std::vector<CommandStatus> commands;
+  friend bool operator==(const CommandsReply&, const CommandsReply&) = default;
+};
+
 enum class ErrorCode : std::uint16_t {
   // Decoding errors (the Decoder reports these).
   bad_magic = 1,    ///< the hello does not start with "CAPF"
@@ -187,7 +239,7 @@ struct Error {
 };
 
 using Frame = std::variant<Hello, Subscribe, Ack, StatusRequest, Subscribed, Opened, Data, Renamed,
-                           Closed, StatusReply, Error>;
+                           Closed, StatusReply, Error, CommandsReply>;
 
 /// \brief Length of the strict UTF-8 sequence (RFC 3629: no overlong
 /// forms, no surrogates, at most U+10FFFF) starting at s[i], or 0 if none
@@ -196,7 +248,7 @@ std::size_t utf8_sequence(std::string_view s, std::size_t i);
 
 /// \brief "bad_magic", "truncated", ... ("error_N" for an unknown code).
 std::string to_string(ErrorCode code);
-/// \brief "SUBSCRIBE", "DATA", ... ("HELLO" for a Hello).
+/// \brief "SUBSCRIBE", "DATA", "COMMANDS", ... ("HELLO" for a Hello).
 std::string_view frame_name(const Frame& frame);
 
 // ---------------------------------------------------------------- encoding
@@ -218,6 +270,11 @@ std::string_view frame_name(const Frame& frame);
 [[nodiscard]] std::optional<Error> encode_status(std::span<const StreamStatus> streams,
                                                  std::vector<std::byte>& out);
 
+/// \brief Appends the COMMANDS frames of a reply (version 2): as many as the
+/// records need, at least one. Nothing is appended on an error.
+[[nodiscard]] std::optional<Error> encode_commands(std::span<const CommandStatus> commands,
+                                                   std::vector<std::byte>& out);
+
 // ---------------------------------------------------------------- decoding
 
 /// \brief Incremental decoder for the bytes one peer sends: its hello, then
@@ -233,9 +290,15 @@ std::string_view frame_name(const Frame& frame);
 /// unknown type or flag. Frames before a bad one are still returned. An
 /// error is final: later input is ignored and next() returns nothing.
 /// Memory: the bytes fed and not yet returned as frames.
+///
+/// Versions: `version` is the highest version the reading side speaks (a
+/// client: the one it offered). Reading a client, the connection's version
+/// is min(client's, `version`); reading a server, its hello must name a
+/// version from kMinVersion to `version`, and that is the connection's.
+/// Frames and flags of later versions are refused (bad_type, bad_flags).
 class Decoder {
  public:
-  explicit Decoder(Peer sender) : sender_(sender) {}
+  explicit Decoder(Peer sender, std::uint16_t version = kVersion) : sender_(sender), max_version_(version) {}
 
   void feed(std::span<const std::byte> bytes);
   /// \brief The next complete frame (the first is always the Hello), or
@@ -250,12 +313,17 @@ class Decoder {
   std::size_t buffered() const { return buf_.size() - pos_; }
   /// \brief Bytes returned as frames so far (hello included).
   std::uint64_t consumed() const { return consumed_; }
+  /// \brief The connection's protocol version once the hello was returned
+  /// by next(); 0 before.
+  std::uint16_t version() const { return version_; }
 
  private:
   std::optional<std::size_t> check_head();
   void fail(Error e);
 
   Peer sender_;
+  std::uint16_t max_version_;
+  std::uint16_t version_ = 0;
   bool hello_done_ = false;
   std::vector<std::byte> buf_;
   std::size_t pos_ = 0;

@@ -61,6 +61,23 @@ void ClientConnection::flush() {
   out_.clear();
 }
 
+bool ClientConnection::receive() {
+  for (;;) {
+    const ssize_t n = ::recv(fd_, in_.data(), in_.size(), 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw ClientError(path_ + ": recv: " + errstr(errno));
+    }
+    if (n == 0) {
+      if (const auto& e = dec_.finish()) throw ClientError(path_ + ": the connection ended early: " + describe(*e));
+      if (!hello_seen_) throw ClientError(path_ + ": the daemon closed the connection without answering");
+      return false;
+    }
+    dec_.feed(std::span<const std::byte>(in_.data(), static_cast<std::size_t>(n)));
+    return true;
+  }
+}
+
 std::optional<proto::Frame> ClientConnection::next() {
   flush();
   for (;;) {
@@ -73,18 +90,22 @@ std::optional<proto::Frame> ClientConnection::next() {
     }
     if (const auto& e = dec_.error())
       throw ClientError(path_ + ": the daemon sent bad data: " + describe(*e));
-    const ssize_t n = ::recv(fd_, in_.data(), in_.size(), 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw ClientError(path_ + ": recv: " + errstr(errno));
-    }
-    if (n == 0) {
-      if (const auto& e = dec_.finish()) throw ClientError(path_ + ": the connection ended early: " + describe(*e));
-      if (!hello_seen_) throw ClientError(path_ + ": the daemon closed the connection without answering");
-      return std::nullopt;
-    }
-    dec_.feed(std::span<const std::byte>(in_.data(), static_cast<std::size_t>(n)));
+    if (!receive()) return std::nullopt;
   }
+}
+
+std::uint16_t ClientConnection::version() {
+  flush();
+  while (!hello_seen_) {
+    if (dec_.next()) {  // the decoder returns the hello first
+      hello_seen_ = true;
+      break;
+    }
+    if (const auto& e = dec_.error())
+      throw ClientError(path_ + ": the daemon sent bad data: " + describe(*e));
+    (void)receive();  // EOF before the hello throws
+  }
+  return dec_.version();
 }
 
 }  // namespace capturefs::server

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -37,6 +38,10 @@ class ClientConnection {
   /// (flushes first). nullopt when the server closed the connection
   /// cleanly. Throws ClientError on a protocol error or a broken connection.
   std::optional<proto::Frame> next();
+  /// \brief The protocol version the daemon chose (flushes, then waits for
+  /// its hello if it is not in yet): before sending a frame that only a
+  /// version 2 daemon knows. Throws ClientError.
+  std::uint16_t version();
 
   const std::string& path() const { return path_; }
 
@@ -47,6 +52,9 @@ class ClientConnection {
   bool hello_seen_ = false;
   std::vector<std::byte> out_;
   std::vector<std::byte> in_;
+
+  /// Reads once into the decoder; false at EOF. Throws ClientError.
+  bool receive();
 };
 
 /// \brief "not_found: no stream matches" style text for an ERROR frame.

@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -103,7 +104,9 @@ proto::Closed closed_of(std::uint64_t id, const core::StreamEnd& end) {
 /// small frames).
 void refuse(int fd, const proto::Error& e) {
   Bytes b;
-  (void)proto::encode(proto::Hello{}, b);
+  // The client's hello is not read: answer with the lowest version, which
+  // every client accepts (the ERROR frame is the same in every version).
+  (void)proto::encode(proto::Hello{proto::kMinVersion, 0}, b);
   (void)proto::encode(e, b);
   (void)::send(fd, b.data(), b.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
   ::shutdown(fd, SHUT_WR);
@@ -363,7 +366,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   std::optional<proto::Error> handle(proto::Frame& f, bool* hello_done);
   std::optional<proto::Error> on_subscribe(const proto::Subscribe& s);
   std::optional<proto::Error> on_ack(const proto::Ack& a);
-  std::optional<proto::Error> on_status();
+  std::optional<proto::Error> on_status(const proto::StatusRequest& r);
   void observe_run(core::PathFilter filter, std::vector<core::StreamStats> snap);
   void close_subscription();
   void teardown(const std::optional<proto::Error>& err, bool shutdown);
@@ -399,6 +402,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   std::thread obs_thread_;
   bool subscribed_ = false;
   bool observing_ = false;
+  std::uint16_t version_ = 0;  // the connection's protocol version, once the hello is in
 };
 
 // ============================================================== Server::Impl
@@ -770,11 +774,13 @@ void Conn::run() {
 }
 
 std::optional<proto::Error> Conn::handle(proto::Frame& f, bool* hello_done) {
-  if (std::holds_alternative<proto::Hello>(f)) {
-    // Version 1 is the only one: min(client's, ours) is 1 for any valid
-    // client version. No feature flags exist in v1, so none is granted.
+  if (auto* h = std::get_if<proto::Hello>(&f)) {
+    // The connection speaks min(client's, ours); the decoder (which holds
+    // the same number) refuses what that version does not have. No feature
+    // flags exist in v1 or v2, so none is granted.
     *hello_done = true;
-    Bytes b = encode_frame(proto::Hello{proto::kVersion, 0});
+    version_ = std::min(h->version, proto::kVersion);
+    Bytes b = encode_frame(proto::Hello{version_, 0});
     std::lock_guard lk(wmu_);
     if (!broken_) {
       iovec iov{b.data(), b.size()};
@@ -785,7 +791,7 @@ std::optional<proto::Error> Conn::handle(proto::Frame& f, bool* hello_done) {
   }
   if (auto* s = std::get_if<proto::Subscribe>(&f)) return on_subscribe(*s);
   if (auto* a = std::get_if<proto::Ack>(&f)) return on_ack(*a);
-  if (std::holds_alternative<proto::StatusRequest>(f)) return on_status();
+  if (auto* r = std::get_if<proto::StatusRequest>(&f)) return on_status(*r);
   // The decoder only returns client frames from a client.
   return make_error(ErrorCode::bad_type, std::string("unexpected ") + std::string(proto::frame_name(f)));
 }
@@ -862,7 +868,7 @@ std::optional<proto::Error> Conn::on_ack(const proto::Ack& a) {
   return std::nullopt;
 }
 
-std::optional<proto::Error> Conn::on_status() {
+std::optional<proto::Error> Conn::on_status(const proto::StatusRequest& req) {
   // On a consuming connection, the reply comes after the OPENED of every
   // stream the subscription holds now (a client may use it as a barrier).
   // A tool the client saw exit counts as gone: its empty files have ended.
@@ -887,6 +893,22 @@ std::optional<proto::Error> Conn::on_status() {
     recs.push_back(std::move(r));
   }
   Bytes b;
+  // COMMANDS first (version 2, asked for, and the daemon runs commands):
+  // the last STATUS part still ends the reply.
+  if (req.commands && version_ >= 2 && srv_.opt.commands) {
+    std::vector<proto::CommandStatus> cmds;
+    try {
+      cmds = srv_.opt.commands();
+    } catch (const std::exception& e) {
+      return make_error(ErrorCode::internal, std::string("COMMANDS: cannot list the commands: ") + e.what());
+    }
+    std::erase_if(cmds, [](const proto::CommandStatus& c) { return !encodable_path(c.path); });
+    for (auto& c : cmds) {
+      if (!valid_utf8(c.note)) c.note = printable(c.note);
+      c.note = fit_text(std::move(c.note), proto::kMaxText);
+    }
+    if (auto e = proto::encode_commands(cmds, b)) return make_error(ErrorCode::internal, "COMMANDS: " + e->message);
+  }
   if (auto e = proto::encode_status(recs, b)) return make_error(ErrorCode::internal, "STATUS: " + e->message);
   send(b);
   return std::nullopt;
@@ -995,7 +1017,9 @@ void Conn::teardown(const std::optional<proto::Error>& err, bool shutdown) {
     std::lock_guard lk(wmu_);
     if (!broken_) {
       Bytes b;
-      if (!hello_sent_) (void)proto::encode(proto::Hello{}, b);
+      // No hello of ours yet (the client's was bad, late, or not in when
+      // the daemon stopped): the lowest version, which every client accepts.
+      if (!hello_sent_) (void)proto::encode(proto::Hello{proto::kMinVersion, 0}, b);
       if (auto e = proto::encode(*err, b)) log::error("socket: cannot encode ERROR: {}", e->message);
       iovec iov{b.data(), b.size()};
       if (!write_locked(&iov, 1)) broken_ = true;

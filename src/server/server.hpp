@@ -10,7 +10,9 @@
 //   srv.stop();                        // before the Volume goes away
 //
 // FUSE-free: it talks to core::Volume (subscribe, observe, snapshot) and
-// uses the proto codec for every byte on the wire.
+// uses the proto codec for every byte on the wire. What the daemon knows
+// beyond the volume (the commands of `--exec`) comes in through
+// ServerOptions::commands, a callback the embedding program sets.
 //
 // THREADS
 // - One accept thread.
@@ -35,8 +37,12 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "proto/codec.hpp"
 
 namespace capturefs::core {
 class Volume;
@@ -83,6 +89,14 @@ struct ServerOptions {
   /// Encoded events an observer may have queued before it is dropped.
   std::size_t observer_queue_bytes = 8 << 20;
   std::size_t max_connections = 1024;
+  /// The commands the daemon runs (`mount --exec`): running ones and the
+  /// most recent that ended, in the order to show them. Called on a
+  /// connection's thread for each STATUS_REQUEST that asks for them (a
+  /// version 2 client), possibly on several threads at once; it must not
+  /// block for long. Unset: the daemon runs no commands and sends no
+  /// COMMANDS frame. Paths that cannot be sent (over 4096 bytes) are left
+  /// out; notes are made UTF-8 and cut to 1024 bytes.
+  std::function<std::vector<proto::CommandStatus>()> commands;
 };
 
 class Server {

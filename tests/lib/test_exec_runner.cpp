@@ -141,6 +141,7 @@ TEST(ExecRunner, CommandExitingEarlyGivesTheWriterEpipe) {
   const ExecExit e = early.history().recent().at(0);
   EXPECT_EQ(e.path, "x.early");
   EXPECT_FALSE(e.input_complete);
+  EXPECT_EQ(e.input, cli::ExecInput::cut_short);
   EXPECT_EQ(e.note, "command exited before reading all input");
   EXPECT_EQ(e.status, exit_status(0));
   EXPECT_FALSE(e.ok());
@@ -150,6 +151,7 @@ TEST(ExecRunner, CommandExitingEarlyGivesTheWriterEpipe) {
   EXPECT_TRUE(exited_with(c.wait_or_kill(30s), 0)) << c.err();
   ASSERT_TRUE(eventually([&] { return copier.history().total() == 1; }, 20s));
   EXPECT_TRUE(copier.history().recent().at(0).ok()) << copier.history().recent().at(0).note;
+  EXPECT_EQ(copier.history().recent().at(0).input, cli::ExecInput::complete);
   EXPECT_EQ(sha256_of(lm.scratch("copy")), parse_written(c.out()).at("y.copy").sha256);
   EXPECT_EQ(early.history().total(), 1U) << "the other runner's glob took y.copy";
 }
@@ -189,6 +191,16 @@ TEST(ExecRunner, RunsAtMostJobsCommandsAtOnce) {
         10s))
         << "after closing held" << k << ": " << runner.history().total() << " exits, " << runner.running().size()
         << " running";
+    // What `capturefs status` shows: the ended ones and the running ones, each once.
+    const cli::ExecSnapshot snap = runner.snapshot();
+    EXPECT_EQ(snap.recent.size(), static_cast<std::size_t>(i) + 1);
+    ASSERT_EQ(snap.running.size(), want_running);
+    for (const auto& r : snap.running) {
+      EXPECT_EQ(r.input, cli::ExecInput::feeding) << r.path;
+      EXPECT_GT(r.pid, 0) << r.path;
+      EXPECT_FALSE(find_exit(snap.recent, r.path)) << r.path << " is in both lists";
+    }
+    for (const auto& x : snap.recent) EXPECT_EQ(x.input, cli::ExecInput::complete) << x.path;
   }
   EXPECT_EQ(most, 2U);
   EXPECT_EQ(runner.history().total(), 5U);
@@ -225,6 +237,7 @@ TEST(ExecRunner, StopCutsInputShortAndHandsTheRestBack) {
   EXPECT_EQ(e.path, "live.bin");
   EXPECT_EQ(e.status, exit_status(0)) << cli::describe_wait_status(e.status);
   EXPECT_FALSE(e.input_complete);
+  EXPECT_EQ(e.input, cli::ExecInput::incomplete);
   EXPECT_NE(e.note.find("stopped"), std::string::npos) << e.note;
   EXPECT_EQ(e.bytes, part1.size());
   EXPECT_EQ(read_file(lm.scratch("part")), part1);

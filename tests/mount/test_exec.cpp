@@ -274,6 +274,148 @@ TEST(Exec, ExitStatusesAreLoggedWithThePath) {
       << tail(m.daemon_stderr());
 }
 
+// The line of `capturefs status` output that contains all of `needles`
+// ("" if none, or more than one).
+std::string line_with(const std::string& out, std::initializer_list<std::string> needles) {
+  std::vector<std::string> found;
+  for (const auto& line : log_lines(out, "")) {
+    if (std::all_of(needles.begin(), needles.end(),
+                    [&](const std::string& n) { return line.find(n) != std::string::npos; }))
+      found.push_back(line);
+  }
+  return found.size() == 1 ? found[0] : "";
+}
+
+// The `status --json` line of the command (or stream) with this path (JSON-escaped).
+std::string command_json(const std::string& out, const std::string& path) {
+  return line_with(out, {"{\"kind\":\"command\",", "\"path\":\"" + path + "\","});
+}
+std::string stream_json(const std::string& out, const std::string& path) {
+  return line_with(out, {"{\"kind\":\"stream\",", "\"path\":\"" + path + "\","});
+}
+
+// `capturefs status` (socket, --json and the table) lists the commands of
+// --exec: path, pid, state (exit status, signal), bytes fed to stdin, and
+// whether the input was cut short; names are escaped as for streams.
+TEST(Exec, StatusShowsTheCommandsWithTheirExitStatuses) {
+  CAPTUREFS_REQUIRE_FUSE();
+  TempDir out("capturefs-exec-out");
+  Mount m({"-v", "--exec-jobs", "4", "--max-memory", "16M", "--max-stream", "4M", "--exec-glob", "*.txt",
+           "--exec-glob", "*.bin", "--exec",
+           "case \"$CAPTUREFS_PATH\" in\n"
+           "  *cut*) exit 0;;\n"
+           "  *fail*) echo $$ > " + out.at("fail.pid") + "; cat > /dev/null; exit 3;;\n"
+           "  *kill*) cat > /dev/null; kill -KILL $$;;\n"
+           "  *) cat > /dev/null;;\n"
+           "esac"},
+          /*with_socket=*/true);
+  const std::string bin = capturefs_binary();
+  auto status = [&](bool json) {
+    std::vector<std::string> argv = {bin, "status", "--socket", m.socket_path()};
+    if (json) argv.push_back("--json");
+    return run(argv, 30s);
+  };
+  const std::string hostile = "new\nline\x1b[1m.txt";
+
+  ASSERT_EQ(::mkdir(m.at("dir").c_str(), 0755), 0);
+  write_whole(m.at("dir/fail.txt"), payload("fail", 5000));
+  ASSERT_TRUE(wait_log_count(m, "exec 'dir/fail.txt': exit 3", 1, 20s)) << tail(m.daemon_stderr());
+  write_whole(m.at("ok.txt"), payload("ok", 7000));
+  ASSERT_TRUE(wait_log_count(m, "exec 'ok.txt': exit 0", 1, 20s)) << tail(m.daemon_stderr());
+  write_whole(m.at("kill.txt"), payload("kill", 100));
+  const RunResult dd = run({"dd", "if=/dev/zero", "of=" + m.at("cut.bin"), "bs=64K", "count=256"}, 30s);
+  EXPECT_NE(dd.err.find("Broken pipe"), std::string::npos) << dd.describe();
+  write_whole(m.at(hostile), "x");
+  write_whole(m.at("held.dat"), "not for a command");  // a stream, for the streams' table
+  ASSERT_TRUE(wait_log_count(m, "exec 'kill.txt': killed by signal 9", 1, 20s)) << tail(m.daemon_stderr());
+  ASSERT_TRUE(wait_log_count(m, "exec 'cut.bin': exit 0 (input incomplete", 1, 20s)) << tail(m.daemon_stderr());
+  ASSERT_TRUE(wait_log_count(m, "exec 'new\\nline\\x1b[1m.txt': exit 0", 1, 20s)) << tail(m.daemon_stderr());
+  // A command still running (the only one): its writer is open.
+  UniqueFd live = open_fd(m.at("live.txt"), O_WRONLY | O_CREAT | O_EXCL);
+  ASSERT_TRUE(live) << errno_string(errno);
+  ASSERT_EQ(write_all(live.get(), std::string(3000, 'l')), "");
+
+  // JSON: one object per line, streams then commands.
+  RunResult j;
+  // The running command shows up once its stream was handed to it (bounded poll).
+  ASSERT_TRUE(eventually(
+      [&] {
+        j = status(true);
+        const std::string l = command_json(j.out, "live.txt");
+        return j.ok() && l.find("\"bytes\":3000") != std::string::npos;
+      },
+      20s, 20ms))
+      << j.describe();
+  const std::string fail_pid = read_file(out.at("fail.pid")).substr(0, read_file(out.at("fail.pid")).find('\n'));
+  ASSERT_FALSE(fail_pid.empty());
+  const std::string fail = command_json(j.out, "dir/fail.txt");
+  EXPECT_NE(fail.find("\"kind\":\"command\""), std::string::npos) << j.out;
+  EXPECT_NE(fail.find("\"pid\":" + fail_pid + ","), std::string::npos) << fail;
+  EXPECT_NE(fail.find("\"state\":\"exited\",\"exit_code\":3"), std::string::npos) << fail;
+  EXPECT_NE(fail.find("\"input\":\"complete\",\"bytes\":5000"), std::string::npos) << fail;
+  EXPECT_NE(fail.find("\"ended\":\""), std::string::npos) << fail;
+  const std::string ok = command_json(j.out, "ok.txt");
+  EXPECT_NE(ok.find("\"state\":\"exited\",\"exit_code\":0"), std::string::npos) << j.out;
+  EXPECT_NE(ok.find("\"input\":\"complete\",\"bytes\":7000"), std::string::npos) << ok;
+  const std::string killed = command_json(j.out, "kill.txt");
+  EXPECT_NE(killed.find("\"state\":\"killed\",\"signal\":9,\"signal_name\":\"SIGKILL\""), std::string::npos)
+      << j.out;
+  const std::string cut = command_json(j.out, "cut.bin");
+  EXPECT_NE(cut.find("\"state\":\"exited\",\"exit_code\":0"), std::string::npos) << j.out;
+  EXPECT_NE(cut.find("\"input\":\"cut_short\""), std::string::npos) << cut;
+  EXPECT_NE(cut.find("\"note\":\"command exited before reading all input\""), std::string::npos) << cut;
+  const std::string odd = command_json(j.out, "new\\nline\\u001b[1m.txt");
+  EXPECT_NE(odd.find("\"state\":\"exited\",\"exit_code\":0"), std::string::npos) << j.out;
+  const std::string running = command_json(j.out, "live.txt");
+  EXPECT_NE(running.find("\"state\":\"running\",\"input\":\"feeding\""), std::string::npos) << running;
+  EXPECT_EQ(running.find("\"ended\""), std::string::npos) << running;
+  const std::vector<pid_t> kids = children_of(m.pid());  // the others have been reaped (logged)
+  ASSERT_EQ(kids.size(), 1U) << "one command alive";
+  EXPECT_NE(running.find("\"pid\":" + std::to_string(kids[0]) + ","), std::string::npos) << running;
+  const std::string held = stream_json(j.out, "held.dat");
+  EXPECT_NE(held.find("\"kind\":\"stream\""), std::string::npos) << j.out;
+  EXPECT_NE(held.find("\"state\":\"held\""), std::string::npos) << held;
+  EXPECT_LT(j.out.find("\"kind\":\"stream\""), j.out.find("\"kind\":\"command\"")) << j.out;
+
+  // The table: the streams, then the commands (paths escaped for a terminal).
+  const RunResult t = status(false);
+  ASSERT_TRUE(t.ok()) << t.describe();
+  const std::size_t split = t.out.find("\nCMD PID");
+  ASSERT_NE(split, std::string::npos) << t.out;
+  const std::string streams = t.out.substr(0, split), commands = t.out.substr(split);
+  auto row = [&](const std::string& path) { return line_with(commands, {"  " + path}); };
+  EXPECT_NE(line_with(streams, {"  held.dat"}).find("  held  "), std::string::npos) << t.out;
+  EXPECT_NE(line_with(streams, {"  live.txt"}).find("  streaming  "), std::string::npos) << t.out;
+  EXPECT_NE(row("dir/fail.txt").find(fail_pid), std::string::npos) << t.out;
+  EXPECT_NE(row("dir/fail.txt").find("complete    exited 3 "), std::string::npos) << t.out;
+  EXPECT_NE(row("dir/fail.txt").find("4.9K"), std::string::npos) << t.out;
+  EXPECT_NE(row("ok.txt").find("complete    exited 0 "), std::string::npos) << t.out;
+  EXPECT_NE(row("kill.txt").find("killed by signal SIGKILL"), std::string::npos) << t.out;
+  EXPECT_NE(row("cut.bin").find("cut short   exited 0 "), std::string::npos) << t.out;
+  EXPECT_NE(row("new\\nline\\x1b[1m.txt").find("exited 0"), std::string::npos) << t.out;
+  EXPECT_NE(row("live.txt").find("feeding     running "), std::string::npos) << t.out;
+  EXPECT_EQ(t.out.find('\x1b'), std::string::npos) << "a raw escape byte reached the terminal";
+
+  // Once the last writer closes, the running command ends and says so.
+  live.reset();
+  ASSERT_TRUE(wait_log_count(m, "exec 'live.txt': exit 0", 1, 20s)) << tail(m.daemon_stderr());
+  const RunResult after = status(true);
+  ASSERT_TRUE(after.ok()) << after.describe();
+  EXPECT_NE(command_json(after.out, "live.txt").find("\"state\":\"exited\",\"exit_code\":0"),
+            std::string::npos)
+      << after.out;
+}
+
+// Without --exec, `status` shows no commands' table.
+TEST(Exec, StatusWithoutExecHasNoCommands) {
+  CAPTUREFS_REQUIRE_FUSE();
+  Mount m({}, /*with_socket=*/true);
+  const RunResult t = run({capturefs_binary(), "status", "--socket", m.socket_path()}, 30s);
+  ASSERT_TRUE(t.ok()) << t.describe();
+  EXPECT_NE(t.out.find("PATH"), std::string::npos) << t.out;
+  EXPECT_EQ(t.out.find("CMD PID"), std::string::npos) << t.out;
+}
+
 // A command that does not read yet holds the writer back (the memory caps
 // apply); once it reads, everything arrives.
 TEST(Exec, SlowCommandHoldsTheWriterBack) {

@@ -1,8 +1,9 @@
 // libFuzzer target for the protocol decoder (src/proto).
 //
 // Each input is a connection's bytes. It is decoded as a client's and as a
-// server's, both as given and after a valid hello, each time fed whole, one
-// byte at a time and in input-derived slices. Any crash, sanitizer report
+// server's, both as given and after a valid hello of each protocol version
+// (1 and 2), each time fed whole, one byte at a time and in input-derived
+// slices. Any crash, sanitizer report
 // or broken invariant is a finding:
 //   - the three feedings give the same frames, the same error, the same
 //     number of bytes consumed;
@@ -11,7 +12,10 @@
 //   - an error has a decoding code and a message that fits an ERROR frame;
 //   - without an error, finish() fails exactly when a partial frame is left;
 //   - the records of all STATUS parts, re-encoded with encode_status(),
-//     decode to the same records.
+//     decode to the same records; likewise the COMMANDS records with
+//     encode_commands();
+//   - a COMMANDS frame, or a STATUS_REQUEST asking for commands, only on a
+//     version 2 connection.
 //
 // Built by scripts/fuzz-proto.sh with -fsanitize=fuzzer and
 // -DCAPTUREFS_FUZZER_NO_MAIN. Without that macro (the meson build) this
@@ -103,9 +107,20 @@ void fuzz_one(Peer sender, const Bytes& in) {
   // The records of every STATUS part, re-encoded as one reply, come back
   // the same, split into parts with MORE set on all but the last.
   std::vector<StreamStatus> records;
+  std::vector<CommandStatus> commands;
+  bool version2_only = false;  // a frame or flag that version 1 does not have
   for (const auto& f : whole.frames) {
     check(!frame_name(f).empty(), "every frame has a name");
     if (const auto* s = std::get_if<StatusReply>(&f)) records.insert(records.end(), s->streams.begin(), s->streams.end());
+    if (const auto* c = std::get_if<CommandsReply>(&f)) {
+      commands.insert(commands.end(), c->commands.begin(), c->commands.end());
+      version2_only = true;
+    }
+    if (const auto* r = std::get_if<StatusRequest>(&f); r && r->commands) version2_only = true;
+  }
+  if (version2_only) {
+    const auto& hello = std::get<Hello>(whole.frames.front());
+    check(hello.version >= 2, "version 2 frames only on a version 2 connection");
   }
   Bytes reply;
   check(!encode(Hello{}, reply) && !encode_status(records, reply), "decoded records encode as a reply");
@@ -122,6 +137,21 @@ void fuzz_one(Peer sender, const Bytes& in) {
   }
   check(!d.finish() && last && back == records, "the reply decodes to the same records");
 
+  // The same for COMMANDS: at least one frame, all records back in order.
+  Bytes cmds;
+  check(!encode(Hello{}, cmds) && !encode_commands(commands, cmds), "decoded commands encode");
+  Decoder dc(Peer::server);
+  dc.feed(cmds);
+  check(dc.next().has_value(), "the commands' hello");
+  std::vector<CommandStatus> cmds_back;
+  std::size_t parts = 0;
+  while (auto f = dc.next()) {
+    const auto& part = std::get<CommandsReply>(*f);
+    cmds_back.insert(cmds_back.end(), part.commands.begin(), part.commands.end());
+    ++parts;
+  }
+  check(!dc.finish() && parts >= 1 && cmds_back == commands, "the commands decode to the same records");
+
   if (whole.error) {
     check(is_decoding_code(whole.error->code), "a decoding error code");
     check(to_string(whole.error->code).rfind("error_", 0) != 0, "decoding codes have names");
@@ -137,12 +167,14 @@ void fuzz_one(Peer sender, const Bytes& in) {
 void fuzz(const std::uint8_t* data, std::size_t size) {
   const auto* p = reinterpret_cast<const std::byte*>(data);
   const Bytes in(p, p + size);
-  Bytes with_hello;
-  check(!encode(Hello{}, with_hello), "hello encodes");
-  with_hello.insert(with_hello.end(), in.begin(), in.end());
+  Bytes with_v1, with_v2;
+  check(!encode(Hello{1, 0}, with_v1) && !encode(Hello{2, 0}, with_v2), "hello encodes");
+  with_v1.insert(with_v1.end(), in.begin(), in.end());
+  with_v2.insert(with_v2.end(), in.begin(), in.end());
   for (Peer sender : {Peer::client, Peer::server}) {
     fuzz_one(sender, in);
-    fuzz_one(sender, with_hello);
+    fuzz_one(sender, with_v1);
+    fuzz_one(sender, with_v2);
   }
 }
 

@@ -17,8 +17,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
 
 from capturefs.protocol import (  # noqa: E402
-    Ack, Closed, CloseStatus, Data, Error, ErrorCode, Hello, Opened, Renamed, StatusReply,
-    StatusRequest, StreamState, StreamStatus, Subscribe, Subscribed, encode)
+    Ack, Closed, CloseStatus, CommandInput, CommandState, CommandStatus, CommandsReply, Data, Error,
+    ErrorCode, Hello, Opened, Renamed, StatusReply, StatusRequest, StreamState, StreamStatus, Subscribe,
+    Subscribed, encode, encode_commands)
 
 
 def vectors():
@@ -31,21 +32,36 @@ def vectors():
 
 def extras():
     t0 = 1700000000123456789
-    client = [Hello(), Subscribe([b"*.log", b"build/*"], observe=True), StatusRequest()]
+    v1 = Hello(1)
+    client = [v1, Subscribe([b"*.log", b"build/*"], observe=True), StatusRequest()]
     client += [Ack(1, n * 4096) for n in range(1, 6)]
     yield "session_client_long", b"".join(encode(f) for f in client)
-    server = [Hello(), Subscribed(), Opened(1, 0, t0, 4242, 1000, b"build.log")]
+    server = [v1, Subscribed(), Opened(1, 0, t0, 4242, 1000, b"build.log")]
     server += [Data(1, n * 64, bytes(range(n, n + 64))) for n in range(8)]
     server += [Renamed(1, b"old/build.log"), Closed(1, 512),
                Opened(2, 100, t0, 7, 0, b"x"), Closed(2, 100, CloseStatus.ABORTED, "shutdown"),
                StatusReply([StreamStatus(3, 1, 2, t0, 10, 5, 1, StreamState.DRAINING, b"a/b")], more=True),
                StatusReply([]), Error(ErrorCode.SHUTDOWN, "daemon stopping")]
     yield "session_server_long", b"".join(encode(f) for f in server)
-    yield "data_4k", encode(Hello()) + encode(Data(5, 1 << 32, bytes(4096)))
+    yield "data_4k", encode(v1) + encode(Data(5, 1 << 32, bytes(4096)))
+    # Version 2: commands in a status reply, and the request asking for them.
+    client2 = [Hello(2), Subscribe([b"*"]), StatusRequest(commands=True), Ack(1, 10), StatusRequest()]
+    yield "session_client_v2", b"".join(encode(f) for f in client2)
+    cmds = [CommandStatus(1, 4242, CommandState.EXITED, 3, CommandInput.COMPLETE, 5000, t0, t0 + 10, b"a/st.txt"),
+            CommandStatus(2, 4243, CommandState.KILLED, 9, CommandInput.CUT_SHORT, 1 << 20, t0, t0 + 20, b"big.bin",
+                          "command exited before reading all input"),
+            CommandStatus(3, 0, CommandState.NOT_STARTED, 0, CommandInput.INCOMPLETE, 0, t0, t0, b"n\xff",
+                          "cannot start the command: pipe: Too many open files"),
+            CommandStatus(4, 7, CommandState.UNKNOWN, 0, CommandInput.INCOMPLETE, 1, t0, t0, b"u", "not waited for"),
+            CommandStatus(5, 4250, CommandState.RUNNING, 0, CommandInput.FEEDING, 65536, t0, 0, b"live.txt")]
+    server2 = (encode(Hello(2)) + encode(Subscribed()) + encode_commands(cmds)
+               + encode(StatusReply([StreamStatus(3, 1, 2, t0, 10, 5, 1, StreamState.HELD, b"x")]))
+               + encode_commands([]) + encode(StatusReply([])))
+    yield "session_server_v2", server2
     rng = random.Random(20261126)
     for i in range(3):
         yield "garbage_random_%d" % i, bytes(rng.randrange(256) for _ in range(64 + 64 * i))
-    yield "garbage_after_hello", encode(Hello()) + bytes(rng.randrange(256) for _ in range(100))
+    yield "garbage_after_hello", encode(v1) + bytes(rng.randrange(256) for _ in range(100))
     yield "empty", b""
 
 

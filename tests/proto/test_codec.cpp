@@ -125,12 +125,26 @@ Decoded decode_random(Peer sender, const Bytes& b, unsigned seed) {
   return decode_split(sender, b, [&] { return std::size_t{rng() % 40}; });
 }
 
-const Hello kHello{};
+const Hello kHello{};           // the highest version (2)
+const Hello kHelloV1{1, 0};
 constexpr std::int64_t kT0 = 1700000000123456789;
+constexpr std::int64_t kSecond = 1000000000;
 
+/// A version 1 connection: the hello, then the frames.
 template <class... F>
 std::vector<Frame> session(F&&... f) {
+  return std::vector<Frame>{Frame{kHelloV1}, Frame{std::forward<F>(f)}...};
+}
+/// A version 2 connection.
+template <class... F>
+std::vector<Frame> session2(F&&... f) {
   return std::vector<Frame>{Frame{kHello}, Frame{std::forward<F>(f)}...};
+}
+
+CommandStatus command(std::uint64_t id, std::uint32_t pid, CommandState state, std::uint8_t code, CommandInput input,
+                      std::uint64_t bytes, std::int64_t started, std::int64_t ended, std::string path,
+                      std::string note = "") {
+  return CommandStatus{id, pid, state, code, input, bytes, started, ended, std::move(path), std::move(note)};
 }
 
 // The frames each "ok" vector of vectors.txt encodes.
@@ -165,6 +179,22 @@ std::map<std::string, std::vector<Frame>> expected_frames() {
   m["error_unknown_code"] = session(Error{static_cast<ErrorCode>(999), ""});
   m["server_session"] = session(Subscribed{}, Opened{1, 0, kT0, 4242, 1000, "build.log"},
                                 Data{1, 0, str_bytes("hello\n")}, Closed{1, 6, CloseStatus::complete, ""});
+  // Version 2.
+  m["hello_server_v2"] = session2();
+  m["status_request_commands"] = session2(StatusRequest{.commands = true});
+  m["status_request_commands_future"] = {Hello{7, 0}, StatusRequest{.commands = true}};
+  m["commands_empty"] = session2(CommandsReply{});
+  m["commands_four"] = session2(CommandsReply{{
+      command(1, 4242, CommandState::exited, 3, CommandInput::complete, 5000, kT0, kT0 + kSecond, "dir/st.txt"),
+      command(2, 4243, CommandState::killed, 9, CommandInput::cut_short, 262144, kT0, kT0 + 2 * kSecond, "big.bin",
+              "command exited before reading all input"),
+      command(7, 0, CommandState::not_started, 0, CommandInput::incomplete, 0, kT0, kT0, "x\xff.bin",
+              "cannot start the command: pipe: Too many open files"),
+      command(9, 4250, CommandState::running, 0, CommandInput::feeding, 65536, kT0, 0, "live.txt"),
+  }});
+  m["server_session_v2"] = session2(
+      CommandsReply{{command(1, 4242, CommandState::exited, 0, CommandInput::complete, 6, kT0, kT0 + 1, "a.txt")}},
+      StatusReply{});
   return m;
 }
 
@@ -266,6 +296,7 @@ std::vector<Frame> client_samples() {
       Ack{1, 1ULL << 40},
       Ack{~0ULL, ~0ULL},
       StatusRequest{},
+      StatusRequest{.commands = true},
   };
 }
 
@@ -298,6 +329,13 @@ std::vector<Frame> server_samples() {
       Error{ErrorCode::truncated, ""},
       Error{ErrorCode::internal, std::string(kMaxText, 'm')},
       Error{static_cast<ErrorCode>(0xFFFF), "future code"},
+      CommandsReply{},
+      CommandsReply{{command(1, 2, CommandState::exited, 255, CommandInput::complete, ~0ULL, INT64_MIN, INT64_MAX, "a"),
+                     command(~0ULL, ~0U, CommandState::killed, 255, CommandInput::cut_short, 0, 0, 0,
+                             big_path(kMaxPath), reason),
+                     command(3, 0, CommandState::not_started, 0, CommandInput::incomplete, 0, 1, 2, "n", "why"),
+                     command(4, 9, CommandState::unknown, 0, CommandInput::incomplete, 7, 1, 2, "u", "ECHILD"),
+                     command(5, 9, CommandState::running, 0, CommandInput::feeding, 7, 1, 0, "r")}},
   };
 }
 
@@ -332,8 +370,10 @@ TEST(RoundTrip, HelloBothWays) {
     EXPECT_FALSE(d.error) << describe(d.error);
     EXPECT_EQ(d.frames, std::vector<Frame>{h});
   }
-  const auto d = decode_whole(Peer::server, enc(Hello{1, 0}));
-  EXPECT_EQ(d.frames, std::vector<Frame>{Hello{}});
+  for (const Hello h : {Hello{1, 0}, Hello{2, 0}}) {
+    const auto d = decode_whole(Peer::server, enc(h));
+    EXPECT_EQ(d.frames, std::vector<Frame>{h});
+  }
 }
 
 TEST(RoundTrip, DataHeaderMatchesEncode) {
@@ -554,6 +594,8 @@ TEST(EncodeErrors, RefusesWhatTheDecoderWouldReject) {
   std::vector<std::string> too_many(kMaxPatterns + 1, "x");
   std::vector<StreamStatus> big;
   for (int i = 0; i < 300; ++i) big.push_back(StreamStatus{.path = big_path(kMaxPath)});
+  std::vector<CommandStatus> big_commands(
+      250, CommandStatus{.path = big_path(kMaxPath), .note = std::string(kMaxText, 'n')});
   const Case cases[] = {
       {Hello{0, 0}, ErrorCode::bad_version},
       {Subscribe{}, ErrorCode::bad_value},
@@ -576,6 +618,17 @@ TEST(EncodeErrors, RefusesWhatTheDecoderWouldReject) {
       {Error{static_cast<ErrorCode>(0), "x"}, ErrorCode::bad_value},
       {Error{ErrorCode::busy, "\xed\xa0\x80"}, ErrorCode::bad_value},
       {Error{ErrorCode::busy, std::string(kMaxText + 1, 'e')}, ErrorCode::limit},
+      {CommandsReply{{CommandStatus{.state = static_cast<CommandState>(5), .path = "a", .note = {}}}}, ErrorCode::bad_value},
+      {CommandsReply{{CommandStatus{.state = CommandState::running, .code = 1, .path = "a", .note = {}}}}, ErrorCode::bad_value},
+      {CommandsReply{{CommandStatus{.state = CommandState::not_started, .code = 127, .path = "a", .note = {}}}},
+       ErrorCode::bad_value},
+      {CommandsReply{{CommandStatus{.state = CommandState::killed, .code = 0, .path = "a", .note = {}}}}, ErrorCode::bad_value},
+      {CommandsReply{{CommandStatus{.input = static_cast<CommandInput>(4), .path = "a", .note = {}}}}, ErrorCode::bad_value},
+      {CommandsReply{{CommandStatus{.path = "", .note = {}}}}, ErrorCode::bad_value},
+      {CommandsReply{{CommandStatus{.path = std::string(kMaxPath + 1, 'p'), .note = {}}}}, ErrorCode::limit},
+      {CommandsReply{{CommandStatus{.path = "a", .note = "\xff"}}}, ErrorCode::bad_value},
+      {CommandsReply{{CommandStatus{.path = "a", .note = std::string(kMaxText + 1, 'n')}}}, ErrorCode::limit},
+      {CommandsReply{big_commands}, ErrorCode::too_large},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(std::string(frame_name(c.frame)));
@@ -625,6 +678,93 @@ TEST(StatusReplies, InvalidRecordEncodesNothing) {
   EXPECT_TRUE(out.empty());
 }
 
+// ---------------------------------------------------------------- COMMANDS replies
+
+TEST(CommandsReplies, SplitAcrossFramesWhenLarge) {
+  std::vector<CommandStatus> recs;
+  for (std::uint64_t i = 0; i < 400; ++i)
+    recs.push_back(command(i + 1, 100 + static_cast<std::uint32_t>(i), CommandState::exited,
+                           static_cast<std::uint8_t>(i % 256), CommandInput::complete, i * 1000, kT0, kT0 + 1,
+                           big_path(kMaxPath, static_cast<char>('a' + i % 26)), std::string(i % 700, 'x')));
+  Bytes out = enc(kHello);
+  ASSERT_FALSE(encode_commands(recs, out));
+  const auto d = decode_whole(Peer::server, out);
+  ASSERT_FALSE(d.error) << describe(d.error);
+  ASSERT_GT(d.frames.size(), 2u);  // hello + at least 2 parts (~1.7 MB of records)
+  std::vector<CommandStatus> got;
+  for (std::size_t i = 1; i < d.frames.size(); ++i) {
+    const auto& part = std::get<CommandsReply>(d.frames[i]);
+    EXPECT_FALSE(part.commands.empty());
+    got.insert(got.end(), part.commands.begin(), part.commands.end());
+  }
+  EXPECT_EQ(got, recs);
+}
+
+TEST(CommandsReplies, NoneIsOneEmptyFrameAndAnInvalidRecordEncodesNothing) {
+  Bytes out;
+  ASSERT_FALSE(encode_commands({}, out));
+  EXPECT_EQ(out, from_hex("00000002 88 00 0000"));
+  std::vector<CommandStatus> recs(3, CommandStatus{.path = "ok", .note = {}});
+  recs[1].state = CommandState::killed;  // signal 0
+  Bytes none;
+  const auto e = encode_commands(recs, none);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code, ErrorCode::bad_value);
+  EXPECT_NE(e->message.find("record 1"), std::string::npos) << e->message;
+  EXPECT_TRUE(none.empty());
+}
+
+// ---------------------------------------------------------------- versions
+
+TEST(Versions, TheConnectionVersionComesFromTheHello) {
+  struct Case {
+    Peer sender;
+    std::uint16_t decoder_speaks, hello, connection;
+  };
+  for (const Case c : {Case{Peer::client, 2, 1, 1}, Case{Peer::client, 2, 2, 2}, Case{Peer::client, 2, 7, 2},
+                       Case{Peer::client, 1, 7, 1}, Case{Peer::server, 2, 1, 1}, Case{Peer::server, 2, 2, 2}}) {
+    Decoder d(c.sender, c.decoder_speaks);
+    EXPECT_EQ(d.version(), 0u);
+    d.feed(enc(Hello{c.hello, 0}));
+    ASSERT_TRUE(d.next());
+    EXPECT_EQ(d.version(), c.connection) << "hello " << c.hello << ", decoder " << c.decoder_speaks;
+  }
+}
+
+TEST(Versions, AVersion1ClientRefusesAVersion2Server) {
+  Decoder d(Peer::server, 1);  // a client that offered version 1
+  d.feed(enc(Hello{2, 0}));
+  ASSERT_TRUE(d.error());
+  EXPECT_EQ(d.error()->code, ErrorCode::bad_version);
+  EXPECT_NE(d.error()->message.find("speaks 1 to 1"), std::string::npos) << d.error()->message;
+}
+
+TEST(Versions, Version2FramesAndFlagsAreRefusedOnAVersion1Connection) {
+  {
+    Decoder d(Peer::server);
+    d.feed(enc_all({kHelloV1, CommandsReply{}}));
+    EXPECT_TRUE(d.next());
+    EXPECT_FALSE(d.next());
+    ASSERT_TRUE(d.error());
+    EXPECT_EQ(d.error()->code, ErrorCode::bad_type);
+    EXPECT_NE(d.error()->message.find("not in protocol version 1"), std::string::npos) << d.error()->message;
+  }
+  {
+    Decoder d(Peer::client, 1);  // a server that speaks only version 1, reading a version 2 client
+    d.feed(enc_all({kHello, StatusRequest{.commands = true}}));
+    EXPECT_TRUE(d.next());
+    EXPECT_FALSE(d.next());
+    ASSERT_TRUE(d.error());
+    EXPECT_EQ(d.error()->code, ErrorCode::bad_flags);
+  }
+  {
+    // The same bytes on a version 2 connection are fine.
+    const auto d = decode_whole(Peer::client, enc_all({kHello, StatusRequest{.commands = true}}));
+    EXPECT_FALSE(d.error) << describe(d.error);
+    EXPECT_EQ(d.frames, session2(StatusRequest{.commands = true}));
+  }
+}
+
 // ---------------------------------------------------------------- garbage
 
 TEST(Garbage, RandomBytesNeverCrashAndErrorsAreSendable) {
@@ -659,6 +799,7 @@ TEST(Names, CodesAndFrames) {
   EXPECT_EQ(frame_name(StatusRequest{}), "STATUS_REQUEST");
   EXPECT_EQ(frame_name(StatusReply{}), "STATUS");
   EXPECT_EQ(frame_name(Error{}), "ERROR");
+  EXPECT_EQ(frame_name(CommandsReply{}), "COMMANDS");
 }
 
 }  // namespace

@@ -42,10 +42,12 @@ inline int connect_unix(const std::string& path) {
 
 class ProtoClient {
  public:
-  explicit ProtoClient(const std::string& path, bool hello = true) {
+  /// `version`: the protocol version the client offers (and speaks).
+  explicit ProtoClient(const std::string& path, bool hello = true, std::uint16_t version = proto::kVersion)
+      : dec_(proto::Peer::server, version) {
     fd_ = connect_unix(path);
     if (fd_ < 0) throw std::runtime_error("connect " + path + ": " + std::strerror(errno));
-    if (hello) send(proto::Hello{});
+    if (hello) send(proto::Hello{version, 0});
   }
   ~ProtoClient() {
     if (fd_ >= 0) ::close(fd_);
@@ -132,7 +134,7 @@ class ProtoClient {
 
  private:
   int fd_ = -1;
-  proto::Decoder dec_{proto::Peer::server};
+  proto::Decoder dec_;
   bool eof_ = false;
 };
 

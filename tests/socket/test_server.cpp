@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -175,7 +176,7 @@ TEST_F(ServerTest, HelloThenSubscribedThenAStreamAndItsNameGoesAfterTheFinalAck)
   c.send(sub_of({"*.log"}));
   auto h = c.next();
   ASSERT_TRUE(h && std::holds_alternative<proto::Hello>(*h));
-  EXPECT_EQ(std::get<proto::Hello>(*h), (proto::Hello{1, 0}));
+  EXPECT_EQ(std::get<proto::Hello>(*h), (proto::Hello{proto::kVersion, 0}));
   c.expect<proto::Subscribed>();
 
   Writer other(vol, "b.txt");  // does not match
@@ -408,6 +409,147 @@ TEST_F(ServerTest, StatusListsLiveStreamsWithTheirCounters) {
   EXPECT_EQ(st.streams[1].state, proto::StreamState::streaming);
   EXPECT_EQ(st.streams[1].written, 8u);
   EXPECT_EQ(st.streams[1].delivered, 8u);  // handed to the consumer (docs/protocol.md §4 STATUS)
+}
+
+// ---------------------------------------------------------------- commands (version 2)
+
+proto::CommandStatus cmd(std::uint64_t id, std::string path, proto::CommandState state, std::uint8_t code,
+                         std::string note = "") {
+  proto::CommandStatus c;
+  c.id = id;
+  c.pid = state == proto::CommandState::not_started ? 0 : 1000 + static_cast<std::uint32_t>(id);
+  c.state = state;
+  c.code = code;
+  c.input = state == proto::CommandState::running ? proto::CommandInput::feeding : proto::CommandInput::complete;
+  c.bytes = 10 * id;
+  c.started_ns = 1700000000000000000 + static_cast<std::int64_t>(id);
+  c.ended_ns = state == proto::CommandState::running ? 0 : c.started_ns + 5;
+  c.path = std::move(path);
+  c.note = std::move(note);
+  return c;
+}
+
+/// Sends STATUS_REQUEST (asking for commands if `commands`) and collects
+/// the reply: the COMMANDS frames (how many, and their records) and the
+/// streams of the STATUS parts.
+struct Reply {
+  std::size_t commands_frames = 0;
+  std::vector<proto::CommandStatus> commands;
+  std::vector<proto::StreamStatus> streams;
+};
+Reply status_reply(ProtoClient& c, bool commands) {
+  c.send(proto::StatusRequest{.commands = commands});
+  Reply r;
+  for (;;) {
+    auto f = c.next();
+    if (!f) throw std::runtime_error("EOF inside a STATUS reply");
+    if (std::holds_alternative<proto::Hello>(*f)) continue;
+    if (auto* cm = std::get_if<proto::CommandsReply>(&*f)) {
+      EXPECT_TRUE(r.streams.empty()) << "COMMANDS after a STATUS part";
+      ++r.commands_frames;
+      r.commands.insert(r.commands.end(), cm->commands.begin(), cm->commands.end());
+      continue;
+    }
+    auto* st = std::get_if<proto::StatusReply>(&*f);
+    if (st == nullptr) throw std::runtime_error("unexpected " + std::string(proto::frame_name(*f)));
+    r.streams.insert(r.streams.end(), st->streams.begin(), st->streams.end());
+    if (!st->more) return r;
+  }
+}
+
+TEST_F(ServerTest, AVersion2ClientThatAsksGetsTheCommandsBeforeTheStreams) {
+  std::atomic<int> calls{0};
+  server::ServerOptions opt;
+  opt.commands = [&] {
+    ++calls;
+    return std::vector<proto::CommandStatus>{
+        cmd(1, "dir/st.txt", proto::CommandState::exited, 3),
+        cmd(2, "kill.txt", proto::CommandState::killed, 9),
+        cmd(3, std::string(proto::kMaxPath + 1, 'x'), proto::CommandState::exited, 0),  // not sendable: left out
+        cmd(4, "bad note", proto::CommandState::not_started, 0, "cannot start: \xff\x1b[31m"),
+        cmd(5, "long note", proto::CommandState::unknown, 0, std::string(3000, 'n')),
+        cmd(6, "live.txt", proto::CommandState::running, 0),
+    };
+  };
+  start(opt);
+  Writer w(vol, "a.log");
+  w.write("abc");
+
+  ProtoClient c(sock);
+  const Reply r = status_reply(c, /*commands=*/true);
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(r.commands_frames, 1u);
+  ASSERT_EQ(r.commands.size(), 5u);
+  EXPECT_EQ(r.commands[0], cmd(1, "dir/st.txt", proto::CommandState::exited, 3));
+  EXPECT_EQ(r.commands[1], cmd(2, "kill.txt", proto::CommandState::killed, 9));
+  EXPECT_EQ(r.commands[2].path, "bad note");
+  EXPECT_EQ(r.commands[2].note, "cannot start: \\xff\\x1b[31m");  // made UTF-8, escaped
+  EXPECT_EQ(r.commands[3].path, "long note");
+  EXPECT_EQ(r.commands[3].note.size(), proto::kMaxText);
+  EXPECT_EQ(r.commands[4], cmd(6, "live.txt", proto::CommandState::running, 0));
+  ASSERT_EQ(r.streams.size(), 1u);
+  EXPECT_EQ(r.streams[0].path, "a.log");
+
+  // Not asked: no COMMANDS (and the provider is not called).
+  const Reply plain = status_reply(c, /*commands=*/false);
+  EXPECT_EQ(plain.commands_frames, 0u);
+  EXPECT_EQ(plain.streams.size(), 1u);
+  EXPECT_EQ(calls.load(), 1);
+}
+
+TEST_F(ServerTest, AVersion1ClientGetsVersion1AndNeverACommandsFrame) {
+  server::ServerOptions opt;
+  opt.commands = [] { return std::vector<proto::CommandStatus>{cmd(1, "a", proto::CommandState::exited, 0)}; };
+  start(opt);
+  {
+    ProtoClient v1(sock, /*hello=*/true, /*version=*/1);
+    auto h = v1.next();
+    ASSERT_TRUE(h && std::holds_alternative<proto::Hello>(*h));
+    EXPECT_EQ(std::get<proto::Hello>(*h), (proto::Hello{1, 0}));
+    const Reply r = status_reply(v1, /*commands=*/false);
+    EXPECT_EQ(r.commands_frames, 0u);
+  }
+  {
+    // Asking anyway, on a version 1 connection, is a flag version 1 does not have.
+    ProtoClient v1(sock, /*hello=*/true, /*version=*/1);
+    v1.send(proto::StatusRequest{.commands = true});
+    const proto::Error e = v1.expect_error();
+    EXPECT_EQ(e.code, ErrorCode::bad_flags);
+    EXPECT_NE(e.message.find("protocol version 1"), std::string::npos) << e.message;
+  }
+  {
+    // A client from the future speaks version 2 here.
+    ProtoClient future(sock, /*hello=*/false);
+    future.send(proto::Hello{9, 0});
+    auto h = future.next();
+    ASSERT_TRUE(h && std::holds_alternative<proto::Hello>(*h));
+    EXPECT_EQ(std::get<proto::Hello>(*h), (proto::Hello{2, 0}));
+  }
+}
+
+TEST_F(ServerTest, ADaemonWithoutCommandsSendsNoCommandsFrame) {
+  ProtoClient c(sock);
+  const Reply r = status_reply(c, /*commands=*/true);
+  EXPECT_EQ(r.commands_frames, 0u);
+  EXPECT_TRUE(r.streams.empty());
+}
+
+TEST_F(ServerTest, ARefusalIsReadableByAVersion1Client) {
+  server::ServerOptions opt;
+  opt.max_connections = 1;
+  start(opt);
+  ProtoClient first(sock);
+  first.send(proto::StatusRequest{});
+  first.expect<proto::StatusReply>();  // it is being served
+  // A version 1 client's decoder; it sends nothing (the refusal does not
+  // wait for a hello, and a send could meet the closed socket).
+  ProtoClient v1(sock, /*hello=*/false, /*version=*/1);
+  auto h = v1.next();
+  ASSERT_TRUE(h && std::holds_alternative<proto::Hello>(*h));
+  EXPECT_EQ(std::get<proto::Hello>(*h), (proto::Hello{1, 0}));
+  const proto::Error e = v1.expect_error();
+  EXPECT_EQ(e.code, ErrorCode::internal);
+  EXPECT_NE(e.message.find("too many connections"), std::string::npos) << e.message;
 }
 
 // ---------------------------------------------------------------- observing

@@ -107,13 +107,14 @@ class Daemon:
 
 class MountCase(unittest.TestCase):
     daemon = None
+    daemon_args = ()  # extra `capturefs mount` options
 
     @classmethod
     def setUpClass(cls):
         why = fuse_unavailable()
         if why:
             raise unittest.SkipTest(why)
-        cls.daemon = Daemon()
+        cls.daemon = Daemon(*cls.daemon_args)
 
     @classmethod
     def tearDownClass(cls):
@@ -453,6 +454,60 @@ print(data.hex())
         self.assertIn("uid 65534", frames[-1].message)
         self.assertIn("refused a connection from uid 65534", self.d.stderr())
         self.assertEqual(Client(self.d.sock).status(), [])
+
+
+class ExecCommandsTest(MountCase):
+    """A daemon with --exec: Client.commands() lists its commands."""
+
+    daemon_args = ("--exec", 'cat > /dev/null; case "$CAPTUREFS_PATH" in *fail*) exit 3;; esac',
+                   "--exec-glob", "*.job")
+
+    def wait_ended(self, paths, timeout=30.0):
+        """The commands once every one of `paths` has ended (a bounded poll:
+        the daemon announces no exit on the socket)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            cmds = Client(self.d.sock).commands()
+            rows = {c.path: c for c in cmds or []}
+            if all(p in rows and rows[p].state != P.CommandState.RUNNING for p in paths):
+                return rows
+            if time.monotonic() > deadline:
+                self.fail("commands did not end in time: %r\n%s" % (cmds, self.d.stderr()))
+            time.sleep(0.02)
+
+    def test_commands_show_paths_pids_and_exit_statuses(self):
+        for name, data in (("a-fail.job", b"x" * 5000), ("b-ok.job", b"y" * 100)):
+            with open(self.d.at(name), "wb") as f:
+                f.write(data)
+        rows = self.wait_ended([b"a-fail.job", b"b-ok.job"])
+        fail, ok = rows[b"a-fail.job"], rows[b"b-ok.job"]
+        self.assertEqual((fail.state, fail.code, fail.input, fail.bytes),
+                         (P.CommandState.EXITED, 3, P.CommandInput.COMPLETE, 5000))
+        self.assertEqual((ok.state, ok.code, ok.input, ok.bytes), (P.CommandState.EXITED, 0, P.CommandInput.COMPLETE, 100))
+        for c in (fail, ok):
+            self.assertGreater(c.pid, 0)
+            self.assertGreater(c.ended_ns, c.started_ns)
+            self.assertEqual(c.note, "")
+        self.assertEqual(Client(self.d.sock).status(), [])  # the streams went to the commands
+
+    def test_a_version_1_client_gets_no_commands(self):
+        with open(self.d.at("c.job"), "wb") as f:
+            f.write(b"z")
+        self.wait_ended([b"c.job"])
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(self.d.sock)
+        s.sendall(P.encode(P.Hello(1)) + P.encode(P.StatusRequest()))
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        frames = P.decode_all(P.Peer.SERVER, data, version=1)  # a version 1 decoder
+        self.assertEqual(frames, [P.Hello(1), P.StatusReply()])
 
 
 if __name__ == "__main__":
