@@ -2,11 +2,13 @@
 
 #include <spawn.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -266,6 +268,29 @@ int run_mount(const MountArgs& a) {
   return rc == 0 ? 0 : 1;
 }
 
+// A FUSE mount whose daemon is gone (killed, crashed): stat answers
+// ENOTCONN. Asked in a child with a deadline, so that a live but hung
+// daemon cannot hang `umount` here.
+bool is_dead_fuse_mount(const std::string& abs) {
+  const pid_t pid = fork();
+  if (pid < 0) return false;
+  if (pid == 0) {
+    struct stat st{};
+    _exit(::stat(abs.c_str(), &st) != 0 && errno == ENOTCONN ? 0 : 1);
+  }
+  for (int i = 0; i < 200; ++i) {  // 2 s
+    int status = 0;
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (r < 0 && errno != EINTR) return false;
+    usleep(10000);
+  }
+  kill(pid, SIGKILL);
+  while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  return false;
+}
+
 int run_umount(const std::string& mountpoint, bool lazy) {
   std::string abs = mountpoint;
   if (char real[PATH_MAX]; realpath(mountpoint.c_str(), real) != nullptr) abs = real;
@@ -273,6 +298,12 @@ int run_umount(const std::string& mountpoint, bool lazy) {
   if (!fs) {
     log::error("{} is not mounted", mountpoint);
     return 1;
+  }
+  // A dead mount serves nothing, and descriptors still open on it (they
+  // only get ENOTCONN) would make a plain unmount fail with EBUSY: detach it.
+  if (!lazy && fs->rfind("fuse", 0) == 0 && is_dead_fuse_mount(abs)) {
+    log::warn("{}: its daemon is gone (transport endpoint is not connected); detaching the dead mount", mountpoint);
+    lazy = true;
   }
   // fusermount3 works for root and for the user who mounted, and cleans up
   // dead mounts (ENOTCONN) too.
@@ -347,6 +378,8 @@ int tool_main(int argc, char** argv) {
   umount->alias("unmount");
   umount->add_option("MOUNTPOINT", umount_point, "The mounted directory")->required();
   umount->add_flag("-z,--lazy", lazy, "Detach now even if files are still open");
+  umount->footer("\nA mount whose daemon has died (transport endpoint is not connected) is always\n"
+                 "detached, even with files still open on it (they can only fail).");
 
   // Socket clients (the daemon must run with --socket PATH).
   auto add_socket_option = [](CLI::App& sub, std::string& target) {

@@ -320,6 +320,7 @@ void Volume::maybe_drop(const Node& n) {
 }
 
 Result<Attr> Volume::lookup(Ino parent, std::string_view name, std::int32_t pid) {
+  if (name.size() > 255) return Errno{ENAMETOOLONG};  // as create/mkdir say (not ENOENT)
   std::lock_guard lk(tree_mu_);
   auto d = dir(parent);
   if (!d) return Errno{d.error()};
@@ -517,8 +518,21 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
       apply_hold(src, fx);
       if (src.stream && !src.stream->has_consumer()) assign(src, fx);
     }
-    for (Node* moved : {&src, dst.get()}) {
-      if (!moved || !moved->linked || !moved->stream) continue;
+    // Every stream that moved: the renamed node(s), and all streams below a
+    // renamed directory (their paths changed too).
+    std::vector<Node*> streams;
+    for (Node* top : {&src, dst.get()}) {
+      for (std::vector<Node*> todo = {top}; !todo.empty();) {
+        Node* n = todo.back();
+        todo.pop_back();
+        if (n == nullptr) continue;
+        if (n->stream) streams.push_back(n);
+        for (const auto& [child_name, ino] : n->children)
+          if (NodePtr c = find(ino)) todo.push_back(c.get());
+      }
+    }
+    for (Node* moved : streams) {
+      if (!moved->linked) continue;
       std::string p = path_locked(*moved);
       if (auto t = moved->stream->push_target())
         fx.calls.emplace_back([t, id = moved->ino, p] { t->renamed(id, p); });

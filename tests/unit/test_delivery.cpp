@@ -245,6 +245,36 @@ TEST(Delivery, ARenameDuringDeliveryIsTold) {
   sub->close();
 }
 
+// A renamed directory moves the streams below it: their consumer and the
+// observers are told each stream's new path.
+TEST(Delivery, ARenamedDirectoryTellsTheStreamsBelowIt) {
+  Volume v(Limits{});
+  auto w = std::make_shared<Watcher>();
+  v.observe(w);
+  auto rec = std::make_shared<Recorder>();
+  auto sub = v.subscribe(core::glob_filter({"*x"}), rec);
+  const core::Caller who{};
+  const Ino d1 = v.mkdir(kRootIno, "d1", 0755, who).value().ino;
+  const Ino sub_dir = v.mkdir(d1, "sub", 0755, who).value().ino;
+  const Ino d3 = v.mkdir(kRootIno, "d3", 0755, who).value().ino;
+  auto x = writer(v, "x", sub_dir);
+  ASSERT_TRUE(write_now(v, *x, 0, "abc").ok());
+  ASSERT_EQ(rec->wait_bytes(3), ino_of(v, "x", sub_dir));
+  ASSERT_TRUE(v.rename(kRootIno, "d1", kRootIno, "d2", 0).ok());
+  ASSERT_TRUE(v.rename(kRootIno, "d2", d3, "inner", 0).ok());
+  ASSERT_TRUE(write_now(v, *x, 3, "def").ok());
+  v.release(std::move(x));
+  ASSERT_TRUE(rec->wait_closed(1));
+  const auto s = rec->seen().begin()->second;
+  EXPECT_EQ(s.info.path, "d1/sub/x");
+  EXPECT_EQ(s.renames, (std::vector<std::string>{"d2/sub/x", "d3/inner/sub/x"}));
+  EXPECT_EQ(s.bytes, "abcdef");
+  sub->close();
+  v.unobserve(w.get());
+  EXPECT_EQ(w->events, (std::vector<std::string>{"created d1/sub/x", "renamed d2/sub/x", "renamed d3/inner/sub/x",
+                                                 "ended complete 6"}));
+}
+
 // A consumer limited to one stream at a time gets the next only after it
 // has handled the end of the previous one.
 TEST(Delivery, MaxActiveFreesASlotOnlyAfterTheCloseWasHandled) {

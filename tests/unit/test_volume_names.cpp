@@ -299,6 +299,7 @@ TEST_F(Names, NamesAreChecked) {
   EXPECT_EQ(v.mkdir(kRootIno, too_long, 0755, who).error(), ENAMETOOLONG);
   EXPECT_EQ(v.create(kRootIno, too_long, 0644, O_WRONLY | O_CREAT, who).error(), ENAMETOOLONG);
   EXPECT_EQ(v.rename(kRootIno, max, kRootIno, too_long, 0).error(), ENAMETOOLONG);
+  EXPECT_EQ(v.lookup(kRootIno, too_long).error(), ENAMETOOLONG);  // stat, open: not ENOENT
   EXPECT_EQ(v.rename(kRootIno, max, kRootIno, ".", 0).error(), EINVAL);
   EXPECT_EQ(v.rename(kRootIno, max, kRootIno, "x/y", 0).error(), EINVAL);
   EXPECT_EQ(names(kRootIno), std::vector<std::string>{max});
