@@ -450,7 +450,14 @@ Status Volume::rmdir(Ino parent, std::string_view name) {
     auto c = child(**d, name);
     if (!c) return Errno{c.error()};
     if ((*c)->kind != Kind::Directory) return Errno{ENOTDIR};
-    if (!(*c)->children.empty()) return Errno{ENOTEMPTY};
+    // Names kept for their creators do not count: they are gone for listings.
+    std::vector<NodePtr> kept;
+    for (const auto& [nm, ino] : (*c)->children) {
+      NodePtr k = find(ino);
+      if (!k || !k->retired) return Errno{ENOTEMPTY};
+      kept.push_back(std::move(k));
+    }
+    for (const auto& k : kept) detach(**c, *k, fx, true);
     detach(**d, **c, fx);
   }
   settle(std::move(fx));

@@ -494,7 +494,14 @@ void ConsumerSink::on_data(std::uint64_t id, std::uint64_t offset, std::span<con
     log::error("socket: DATA: {}", e->message);
     return;
   }
-  c_.send(head, bytes);
+  // `sent` moved first, so that an ACK racing the send is never "beyond";
+  // a DATA the closing connection refused was not sent after all (the total
+  // in a shutdown CLOSED is what the client got).
+  if (!c_.send(head, bytes)) {
+    std::lock_guard lk(mu_);
+    auto it = held_.find(id);
+    if (it != held_.end() && it->second.sent == offset + bytes.size()) it->second.sent = offset;
+  }
 }
 
 void ConsumerSink::on_rename(std::uint64_t id, const std::string& path) {
