@@ -505,8 +505,6 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
       }
       std::swap(src.name, dst->name);
       std::swap(src.parent, dst->parent);
-      apply_hold(src, fx);
-      apply_hold(*dst, fx);
     } else {
       if (dst) {
         if (src.kind == Kind::Directory && dst->kind != Kind::Directory) return Errno{ENOTDIR};
@@ -522,7 +520,6 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
       src.name = std::string(newname);
       src.parent = dp.ino;
       dp.children.emplace(src.name, src.ino);
-      apply_hold(src, fx);
       if (src.stream && !src.stream->has_consumer()) assign(src, fx);
     }
     // Every stream that moved: the renamed node(s), and all streams below a
@@ -545,6 +542,10 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
         fx.calls.emplace_back([t, id = moved->ino, p] { t->renamed(id, p); });
       notify(fx, [id = moved->ino, p](Observer& o) { o.renamed(id, p); });
     }
+    // --hold follows the new name; after the rename notices, so that a
+    // stream the new name releases is announced under that name.
+    apply_hold(src, fx);
+    if (dst && (flags & kRenameExchange)) apply_hold(*dst, fx);
     sp.meta.mtime = sp.meta.ctime = dp.meta.mtime = dp.meta.ctime = now();
   }
   settle(std::move(fx));
