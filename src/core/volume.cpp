@@ -240,7 +240,7 @@ Volume::NodePtr Volume::add_node(Node& parent, std::string_view name, Kind kind,
   n->name = std::string(name);
   if (kind == Kind::Stream) {
     n->stream = std::make_shared<Stream>(budget_, parking_, limits_.max_stream,
-                                         fresh_meta(mode, who));
+                                         fresh_meta(mode, who), policy_.spill.get());
   } else {
     n->meta = fresh_meta(mode, who);
     if (kind == Kind::Directory) ++parent.subdirs;
@@ -500,6 +500,10 @@ StatFs Volume::statfs() {
   StatFs s;
   s.capacity = limits_.max_memory;
   s.used = budget_.used();
+  if (policy_.spill) {
+    s.capacity += policy_.spill->limit();
+    s.used += policy_.spill->budget().used();
+  }
   std::lock_guard lk(tree_mu_);
   s.files = nodes_.size();
   return s;
