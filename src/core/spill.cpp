@@ -117,6 +117,14 @@ void SpillStore::disk_full(int err) {
 
 // ---- SpillMap ------------------------------------------------------------------
 
+namespace {
+// Whether an extent at file offset `b` can continue one of `len` bytes at `a`.
+bool continues(std::uint64_t a, std::uint64_t len, std::uint64_t b) {
+  constexpr std::uint64_t z = SpillMap::kZeros;
+  return (a == z && b == z) || (a != z && b != z && a + len == b);
+}
+}  // namespace
+
 void SpillMap::bury(const Extent& x, std::vector<FileRun>* dead) {
   if (x.foff != kZeros && x.len != 0) dead->push_back(FileRun{x.foff, x.len});
 }
@@ -131,9 +139,7 @@ void SpillMap::append(std::uint64_t len, std::uint64_t foff) {
   if (len == 0) return;
   if (!ext_.empty()) {
     Extent& last = std::prev(ext_.end())->second;
-    const bool zeros = last.foff == kZeros && foff == kZeros;
-    const bool follows = last.foff != kZeros && foff != kZeros && last.foff + last.len == foff;
-    if (zeros || follows) {
+    if (continues(last.foff, last.len, foff)) {
       last.len += len;
       end_ += len;
       return;
@@ -168,7 +174,7 @@ void SpillMap::assign(std::uint64_t off, std::uint64_t len, std::uint64_t foff,
   if (at != ext_.begin()) {
     auto prev = std::prev(at);
     Extent& p = prev->second;
-    if ((p.foff == kZeros && foff == kZeros) || (p.foff != kZeros && foff != kZeros && p.foff + p.len == foff)) {
+    if (continues(p.foff, p.len, foff)) {
       p.len += len;
       ext_.erase(at);
       at = prev;
@@ -178,7 +184,7 @@ void SpillMap::assign(std::uint64_t off, std::uint64_t len, std::uint64_t foff,
   if (next != ext_.end()) {
     Extent& a = at->second;
     const Extent& n = next->second;
-    if ((a.foff == kZeros && n.foff == kZeros) || (a.foff != kZeros && n.foff != kZeros && a.foff + a.len == n.foff)) {
+    if (continues(a.foff, a.len, n.foff)) {
       a.len += n.len;
       ext_.erase(next);
     }

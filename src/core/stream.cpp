@@ -215,7 +215,8 @@ Stream::Apply Stream::try_apply(std::uint64_t off, std::span<const std::byte> da
   // b_len) over the spill tier, then `zeros` and `tail` bytes beyond the end.
   const std::uint64_t a_len = off < me ? std::min(off + len, me) - off : 0;
   const std::uint64_t b_beg = std::max(off, me);
-  const std::uint64_t b_len = !spill_.empty() && std::min(off + len, e) > b_beg ? std::min(off + len, e) - b_beg : 0;
+  const std::uint64_t b_end = spill_.empty() ? b_beg : std::min(off + len, e);
+  const std::uint64_t b_len = b_end > b_beg ? b_end - b_beg : 0;
   const std::uint64_t zeros = off > e ? off - e : 0;
   const std::uint64_t tail = off + len > e ? off + len - std::max(off, e) : 0;
   const std::uint64_t ext = zeros + tail;
@@ -265,7 +266,8 @@ Stream::Apply Stream::try_apply(std::uint64_t off, std::span<const std::byte> da
   }
 
   std::vector<FileRun> dead;
-  if (a_len != 0) queue_.overwrite(static_cast<std::size_t>(off - base_), data.first(static_cast<std::size_t>(a_len)));
+  if (a_len != 0)
+    queue_.overwrite(static_cast<std::size_t>(off - base_), data.first(static_cast<std::size_t>(a_len)));
   if (b_len != 0) spill_.assign(b_beg, b_len, fw.foff + (b_beg - off), &dead);
   if (to == To::Memory) {
     reserved_ += grow;
