@@ -416,6 +416,10 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
     return Errno{EINVAL};
   if (auto st = check_name(newname); !st) return Errno{st.error()};
   Effects fx;
+  // What a hold ending here sets off (a push consumer's wake) runs after the
+  // consumer was told the new path: a file renamed before any of it was
+  // delivered is then announced under its new name, never the old one.
+  Effects unheld;
   {
     std::lock_guard lk(tree_mu_);
     auto sd = dir(parent);
@@ -450,8 +454,8 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
       }
       std::swap(src.name, dst->name);
       std::swap(src.parent, dst->parent);
-      apply_hold(src, fx);
-      apply_hold(*dst, fx);
+      apply_hold(src, unheld);
+      apply_hold(*dst, unheld);
     } else {
       if (dst) {
         if (src.kind == Kind::Directory && dst->kind != Kind::Directory) return Errno{ENOTDIR};
@@ -467,7 +471,7 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
       src.name = std::string(newname);
       src.parent = dp.ino;
       dp.children.emplace(src.name, src.ino);
-      apply_hold(src, fx);
+      apply_hold(src, unheld);
       if (src.stream && !src.stream->has_consumer()) assign(src, fx);
     }
     for (Node* moved : {&src, dst.get()}) {
@@ -479,6 +483,9 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
     }
     sp.meta.mtime = sp.meta.ctime = dp.meta.mtime = dp.meta.ctime = now();
   }
+  fx.calls.insert(fx.calls.end(), std::make_move_iterator(unheld.calls.begin()),
+                  std::make_move_iterator(unheld.calls.end()));
+  fx.merge_woken(std::move(unheld.woken));
   settle(std::move(fx));
   return Ok{};
 }
