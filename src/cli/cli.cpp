@@ -52,9 +52,10 @@ Semantics, in short:
     (up to --spill-limit), so "run the tool, wait for it, then read" works
     without deadlock for outputs of any size up to those limits.
   - Writers wait until a reader drains when the memory caps are reached and
-    the stream already has a reader (or --no-spill), or when the spill limit
-    is reached too; Ctrl-C ends the wait with EINTR. A path the tool never
-    created answers ENOENT.
+    the stream already has a consumer (a reader, an --exec command, a socket
+    subscriber) or --no-spill is given, or when the spill limit is reached
+    too; Ctrl-C ends the wait with EINTR. A path the tool never created
+    answers ENOENT.
   - A writer may patch bytes nobody consumed yet and read them back; a write
     at bytes already consumed fails with EIO and aborts the stream for its
     consumer. --hold GLOB keeps matching files whole until their last writer
@@ -69,7 +70,8 @@ its own `/bin/sh -c CMD` on stdin instead of waiting for a reader:
 The command's environment has CAPTUREFS_PATH (the file's path in the mount,
 as it was when the command started), CAPTUREFS_MOUNT and CAPTUREFS_WRITER_PID;
 the name is never pasted into CMD. At most --exec-jobs commands run at once;
-the other files wait (their writers wait once the memory caps are reached).
+the other files wait their turn (their bytes spill once the memory caps are
+reached; a command that reads slowly holds back its file's writer).
 A command that exits before reading everything makes the writer's next
 writes fail with EPIPE. Exit statuses are logged (-v shows successes too).
 See README.md for the full semantics table.
@@ -302,7 +304,7 @@ int tool_main(int argc, char** argv) {
   mount->add_option("--hold", m.hold,
                     "Hold files whose path matches GLOB while they are written: random writes, "
                     "read-back and truncate work, and the file is delivered whole when its last "
-                    "writer closes it (mp4, zip, wav; counts against --max-memory); repeatable")
+                    "writer closes it (mp4, zip, wav; counts against --max-memory, then spills); repeatable")
       ->type_name("GLOB");
   mount->add_option("--socket", m.socket,
                     "Serve socket delivery (docs/protocol.md) on a Unix socket at PATH (mode 0600; "

@@ -50,9 +50,10 @@ struct Options {
   std::vector<std::string> fuse_options;     ///< "-o" options, e.g. "allow_other"
   /// Globs (fnmatch, `*` matches `/`) of paths *held* while written: random
   /// writes, read-back and truncate work, and the file is delivered whole
-  /// once its last writer closes it. Held bytes count against max_memory;
-  /// a held write that does not fit fails with ENOSPC (or EFBIG past
-  /// max_stream) instead of waiting.
+  /// once its last writer closes it. Held bytes count against max_memory,
+  /// and beyond it spill (see `spill`); a held write that fits neither
+  /// fails with ENOSPC (or EFBIG past max_stream without spilling) instead
+  /// of waiting.
   std::vector<std::string> hold;
   unsigned fuse_threads = 16;                ///< FUSE worker threads
   bool debug = false;                        ///< log every FUSE request
