@@ -621,8 +621,9 @@ def capture(mount: PathLike, socket_path: PathLike, name: Optional[str] = None, 
     leaving returns at once with ``cap.written == False`` and ``cap.data is
     None``; no hang. The output is read only once the block ends, so an
     output larger than ``--max-stream`` makes the tool wait for a reader
-    (as with the seed recipe): for those, read a ``Client.subscribe()``
-    stream while the tool runs. ``timeout`` bounds each wait for the daemon
+    (the subscription is the stream's consumer from the start, so the
+    daemon does not spill it to disk): for those, read a
+    ``Client.subscribe()`` stream while the tool runs. ``timeout`` bounds each wait for the daemon
     (TimeoutError; e.g. a background process still holds the file open).
     If the block raises, nothing is collected and the path is removed.
     """

@@ -32,7 +32,8 @@ constexpr const char* kAbout = R"(capturefs - a capture directory: every file cr
 
 Tools that can only write their results to a file path write into the mount;
 the bytes are delivered, in order, to a reader that opens the same path.
-No FIFO is created, nothing is written to disk, and memory is bounded.
+No FIFO is created, nothing named is written to disk, and memory is bounded
+(what does not fit and has no reader yet spills to an unnamed temp file).
 
   capturefs mount /tmp/cap                # returns once the mount is live
   some-tool --output /tmp/cap/result.txt  # the tool writes a "regular file"
@@ -48,10 +49,15 @@ Semantics, in short:
     it reads the bytes in order and gets EOF once every writer closed it.
     A second concurrent reader gets EBUSY. Once the consumer has read EOF
     and closed the file, the name disappears.
-  - Bytes nobody has read yet are kept (up to the limits), so "run the tool,
-    wait for it, then read" works at any size without deadlock.
-  - When the limits are reached, writers wait until a reader drains; Ctrl-C
-    ends the wait with EINTR. A path the tool never created answers ENOENT.
+  - Bytes nobody has read yet are kept: in memory up to --max-memory and
+    --max-stream, beyond that in an unnamed temporary file in --spill-dir
+    (up to --spill-limit), so "run the tool, wait for it, then read" works
+    without deadlock for outputs of any size up to those limits.
+  - Writers wait until a reader drains when the memory caps are reached and
+    the stream already has a consumer (a reader, an --exec command, a socket
+    subscriber) or --no-spill is given, or when the spill limit is reached
+    too; Ctrl-C ends the wait with EINTR. A path the tool never created
+    answers ENOENT.
   - A writer may patch bytes nobody consumed yet and read them back; a write
     at bytes already consumed fails with EIO and aborts the stream for its
     consumer. --hold GLOB keeps matching files whole until their last writer
@@ -66,7 +72,8 @@ its own `/bin/sh -c CMD` on stdin instead of waiting for a reader:
 The command's environment has CAPTUREFS_PATH (the file's path in the mount,
 as it was when the command started), CAPTUREFS_MOUNT and CAPTUREFS_WRITER_PID;
 the name is never pasted into CMD. At most --exec-jobs commands run at once;
-the other files wait (their writers wait once the memory caps are reached).
+the other files wait their turn (their bytes spill once the memory caps are
+reached; a command that reads slowly holds back its file's writer).
 A command that exits before reading everything makes the writer's next
 writes fail with EPIPE. Exit statuses are logged (-v shows successes too).
 See README.md for the full semantics table.
@@ -80,6 +87,9 @@ struct MountArgs {
   std::vector<std::string> options;
   std::string max_memory = "1G";
   std::string max_stream = "256M";
+  std::string spill_dir;  // "": $TMPDIR or /tmp
+  std::string spill_limit = "8G";
+  bool no_spill = false;
   int ready_fd = -1;
   unsigned threads = 16;
   std::string exec;
@@ -171,6 +181,9 @@ int run_mount(const MountArgs& a) {
   opt.mountpoint = a.mountpoint;
   opt.max_memory = size_or_throw("--max-memory", a.max_memory);
   opt.max_stream = size_or_throw("--max-stream", a.max_stream);
+  opt.spill = !a.no_spill;
+  opt.spill_dir = a.spill_dir;
+  opt.spill_limit = size_or_throw("--spill-limit", a.spill_limit);
   opt.debug = a.debug;
   opt.fuse_threads = a.threads;
   opt.hold = a.hold;
@@ -186,6 +199,10 @@ int run_mount(const MountArgs& a) {
   }
   if (opt.max_memory < (2ULL << 20) || opt.max_stream < (2ULL << 20)) {
     log::error("--max-memory and --max-stream must be at least 2M");
+    return 2;
+  }
+  if (opt.spill && opt.spill_limit < (2ULL << 20)) {
+    log::error("--spill-limit must be at least 2M (--no-spill turns spilling off)");
     return 2;
   }
   // The socket first: a path in use fails the mount before anything is mounted.
@@ -206,8 +223,11 @@ int run_mount(const MountArgs& a) {
     return 1;
   }
   if (!a.foreground && !a.debug) m->daemonize();
-  log::info("mounted {} (max-memory {}, max-stream {})", m->mountpoint(),
-            core::format_size(opt.max_memory), core::format_size(std::min(opt.max_stream, opt.max_memory)));
+  log::info("mounted {} (max-memory {}, max-stream {}, {})", m->mountpoint(),
+            core::format_size(opt.max_memory), core::format_size(std::min(opt.max_stream, opt.max_memory)),
+            m->spill_dir().empty() ? std::string("no spilling")
+                                   : "spilling up to " + core::format_size(opt.spill_limit) + " to " +
+                                         m->spill_dir());
   // After daemonize(): the runner starts threads, which a fork would lose.
   std::unique_ptr<ExecRunner> runner;
   if (a.exec_given) {
@@ -345,6 +365,26 @@ int tool_main(int argc, char** argv) {
       ->capture_default_str()->type_name("SIZE");
   mount->add_option("--max-stream", m.max_stream, "Cap on bytes buffered in one stream (K/M/G suffixes)")
       ->capture_default_str()->type_name("SIZE");
+  auto* spill_dir = mount->add_option(
+      "--spill-dir", m.spill_dir,
+      "Where the bytes of streams nobody reads yet go once --max-memory or --max-stream is full, "
+      "instead of making their writers wait: one unnamed temporary file per stream "
+      "(O_TMPFILE, mode 0600), so nothing named is ever created there and the space comes back "
+      "as the bytes are read, and when the daemon ends, even by SIGKILL. A stream keeps appending "
+      "there, reader or not, until its reader has caught up. Default: $TMPDIR, else /tmp (on tmpfs "
+      "that is RAM and swap). Its file system must support O_TMPFILE (ext4, xfs, btrfs, tmpfs): "
+      "mounting fails if it does not (for the default directory: a warning, and no spilling)")
+                        ->type_name("DIR");
+  auto* spill_limit = mount->add_option(
+      "--spill-limit", m.spill_limit,
+      "Cap on spilled bytes, all streams together (K/M/G suffixes; at least 2M). When it is "
+      "reached too (or the disk is full), writers wait for a reader as without spilling")
+                          ->capture_default_str()->type_name("SIZE");
+  mount->add_flag("--no-spill", m.no_spill,
+                  "Never spill: once the memory caps are reached, writers wait until a reader drains "
+                  "(a tool whose output nobody reads before it exits then never finishes)")
+      ->excludes(spill_dir)
+      ->excludes(spill_limit);
   mount->add_option("--ready-fd", m.ready_fd, "Write \"ready\\n\" to this file descriptor once the mount is live, then close it")
       ->type_name("FD");
   mount->add_option("--threads", m.threads, "Maximum FUSE worker threads")->capture_default_str()
@@ -364,7 +404,7 @@ int tool_main(int argc, char** argv) {
   mount->add_option("--hold", m.hold,
                     "Hold files whose path matches GLOB while they are written: random writes, "
                     "read-back and truncate work, and the file is delivered whole when its last "
-                    "writer closes it (mp4, zip, wav; counts against --max-memory); repeatable")
+                    "writer closes it (mp4, zip, wav; counts against --max-memory, then spills); repeatable")
       ->type_name("GLOB");
   mount->add_option("--socket", m.socket,
                     "Serve socket delivery (docs/protocol.md) on a Unix socket at PATH (mode 0600; "

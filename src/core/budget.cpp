@@ -22,12 +22,22 @@ bool Budget::try_reserve(std::size_t n, const std::shared_ptr<Stream>& waiter) {
     peak_ = std::max(peak_, used_);
     return true;
   }
-  if (waiter) {
-    const bool known = std::any_of(waiting_.begin(), waiting_.end(),
-                                   [&](const std::weak_ptr<Stream>& w) { return w.lock() == waiter; });
-    if (!known) waiting_.push_back(waiter);
-  }
+  if (waiter) remember(waiter);
   return false;
+}
+
+void Budget::wait(const std::shared_ptr<Stream>& waiter) {
+  std::lock_guard lk(mu_);
+  remember(waiter);
+}
+
+void Budget::remember(const std::shared_ptr<Stream>& waiter) {
+  // Compared by owner, without lock(): a temporary strong reference made
+  // here could be the last one, and would destroy a stream under mu_.
+  const bool known = std::any_of(waiting_.begin(), waiting_.end(), [&](const std::weak_ptr<Stream>& w) {
+    return !w.owner_before(waiter) && !waiter.owner_before(w);
+  });
+  if (!known) waiting_.push_back(waiter);
 }
 
 std::vector<std::weak_ptr<Stream>> Budget::release(std::size_t n) {

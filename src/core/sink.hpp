@@ -73,6 +73,7 @@ struct StreamStats {
   std::uint64_t written = 0;    ///< bytes written so far
   std::uint64_t delivered = 0;  ///< bytes handed to consumers
   std::uint64_t rate = 0;       ///< bytes/s written since the previous snapshot (>= 1 s ago)
+  std::uint64_t spilled = 0;    ///< of the bytes not yet consumed, those in the spill file
   int writers = 0;
   bool consumer = false;        ///< a reader or a push consumer has it
 };

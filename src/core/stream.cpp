@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <cassert>
 #include <cerrno>
+#include <cstring>
 
 #include <fmt/format.h>
+
+#include "core/log.hpp"
 
 namespace capturefs::core {
 
@@ -23,6 +26,22 @@ void Effects::merge_woken(std::vector<std::weak_ptr<Stream>> w) {
 }
 
 void settle(Effects&& fx) {
+  // A callback that settles effects of its own (the completion of a spill
+  // file read or write) hands them to the settle() running it, so chains of
+  // completions loop here instead of nesting deeper and deeper.
+  thread_local Effects* running = nullptr;
+  if (running != nullptr) {
+    running->calls.insert(running->calls.end(), std::make_move_iterator(fx.calls.begin()),
+                          std::make_move_iterator(fx.calls.end()));
+    running->merge_woken(std::move(fx.woken));
+    fx.calls.clear();
+    fx.woken.clear();
+    return;
+  }
+  running = &fx;
+  struct Reset {
+    ~Reset() { running = nullptr; }
+  } reset;
   while (!fx.calls.empty() || !fx.woken.empty()) {
     auto calls = std::move(fx.calls);
     fx.calls.clear();
@@ -69,13 +88,32 @@ std::vector<std::shared_ptr<Stream>> Parking::all() const {
 
 // ---- Stream ----------------------------------------------------------------
 
-Stream::Stream(Budget& budget, Parking& parking, std::uint64_t max_stream, Meta meta)
-    : budget_(budget), parking_(parking), max_stream_(max_stream), meta_(meta) {}
+namespace {
+
+// Reads the file pieces of a copy (see copy_now) into out, which holds the
+// bytes from stream offset pos. Called with no lock held.
+int read_file(SpillFile& f, std::uint64_t pos, const std::vector<SpillMap::Piece>& pieces,
+              std::span<std::byte> out) {
+  for (const auto& p : pieces) {
+    const int err = f.read_at(p.foff, out.subspan(static_cast<std::size_t>(p.off - pos),
+                                                  static_cast<std::size_t>(p.len)));
+    if (err != 0) return err;
+  }
+  return 0;
+}
+
+}  // namespace
+
+Stream::Stream(Budget& budget, Parking& parking, std::uint64_t max_stream, Meta meta,
+               SpillStore* spill)
+    : budget_(budget), parking_(parking), max_stream_(max_stream), spill_store_(spill), meta_(meta) {}
 
 Stream::~Stream() {
   // Normally empty by now (release() frees finished streams with effects);
-  // whatever is left goes back without waking anyone.
+  // whatever is left goes back without waking anyone. No lock is held, so
+  // file_ may close here.
   if (reserved_ != 0) (void)budget_.release(reserved_);
+  if (!spill_.empty()) (void)spill_store_->budget().release(spill_.size());
 }
 
 void Stream::add_writer() {
@@ -122,26 +160,34 @@ Released Stream::release(Role role, bool may_linger, Effects& fx) {
   } else {
     reader_ = false;
     // What this consumer was handed is gone; the next one starts after it.
-    release_memory(queue_.drop(delivered_ - base_), fx);
-    base_ = delivered_;
+    consume_to(delivered_, fx);
     if (!linked_) discard(fx);
     progress(fx);
   }
   const bool done = writers_ == 0 && !reader_ && !push_ && writes_.empty() &&
-                    ((eof_seen_ && queue_.empty()) || !linked_);
-  if (done && reserved_ != 0) release_memory(queue_.clear(), fx);
+                    ((eof_seen_ && stored() == 0) || !linked_);
+  if (done) {
+    const std::uint64_t e = end();
+    drop_all(fx);
+    base_ = e;
+  }
   out.done = done && linked_;
   return out;
 }
 
 bool Stream::delivered() const {
   std::lock_guard lk(mu_);
-  return writers_ == 0 && !reader_ && !push_ && eof_seen_ && queue_.empty() && writes_.empty();
+  return writers_ == 0 && !reader_ && !push_ && eof_seen_ && stored() == 0 && writes_.empty();
 }
 
 bool Stream::fully_read() const {
   std::lock_guard lk(mu_);
   return writers_ == 0 && eof_seen_ && delivered_ == end() && writes_.empty();
+}
+
+std::uint64_t Stream::spilled() const {
+  std::lock_guard lk(mu_);
+  return spill_.size();
 }
 
 void Stream::rewrote_delivered(std::uint64_t off) {
@@ -152,9 +198,8 @@ void Stream::rewrote_delivered(std::uint64_t off) {
   abort_errno_ = EIO;
 }
 
-Stream::Apply Stream::try_apply(std::uint64_t off, std::span<const std::byte> data,
-                                Result<std::size_t>* res) {
-  const std::uint64_t e = end();
+Stream::Apply Stream::try_apply(std::uint64_t off, std::span<const std::byte> data, FileWrite& fw,
+                                Result<std::size_t>* res, Effects& fx) {
   if (off < delivered_) {
     // Those bytes are already with the consumer: the file it has is wrong,
     // so it is told (aborted), and so is the writer, now and from now on.
@@ -162,39 +207,209 @@ Stream::Apply Stream::try_apply(std::uint64_t off, std::span<const std::byte> da
     *res = Errno{EIO};
     return Apply::Done;
   }
-  const std::size_t len = data.size();
-  if (off + len <= e) {
-    queue_.overwrite(off - base_, data);
-  } else {
-    const std::uint64_t overlap = off < e ? e - off : 0;
-    const std::uint64_t zeros = off > e ? off - e : 0;
-    const auto tail = data.subspan(overlap);
-    if (zeros + tail.size() > max_stream_ || zeros + tail.size() > budget_.cap()) {
-      *res = Errno{EFBIG};
-      return Apply::Done;
-    }
-    const std::size_t grow = queue_.growth_for(zeros + tail.size());
+  const bool have = fw.file != nullptr;  // the bytes are in the file already
+  const std::uint64_t len = data.size();
+  const std::uint64_t e = end();
+  const std::uint64_t me = mem_end();
+  // The write's parts: [off, off + a_len) over memory, [b_beg, b_beg +
+  // b_len) over the spill tier, then `zeros` and `tail` bytes beyond the end.
+  const std::uint64_t a_len = off < me ? std::min(off + len, me) - off : 0;
+  const std::uint64_t b_beg = std::max(off, me);
+  const std::uint64_t b_end = spill_.empty() ? b_beg : std::min(off + len, e);
+  const std::uint64_t b_len = b_end > b_beg ? b_end - b_beg : 0;
+  const std::uint64_t zeros = off > e ? off - e : 0;
+  const std::uint64_t tail = off + len > e ? off + len - std::max(off, e) : 0;
+  const std::uint64_t ext = zeros + tail;
+
+  enum class To : std::uint8_t { None, Memory, Spill };
+  To to = To::None;
+  std::size_t grow = 0;
+  if (ext != 0) {
     // A held stream cannot wait for room: nothing drains it before its
     // writers are done. It fails at once instead.
     const bool waits = !held();
-    if (reserved_ + grow > max_stream_) {  // wait for our reader
-      if (waits) return Apply::NoRoom;
-      *res = Errno{EFBIG};
-      return Apply::Done;
+    const std::shared_ptr<Stream> waiter = waits ? shared_from_this() : nullptr;
+    const bool fits_memory = ext <= max_stream_ && ext <= budget_.cap();
+    const bool fits_spill = spill_store_ != nullptr && ext <= spill_store_->limit();
+    // Behind a spill tier only into it (order); else memory first, then a
+    // new tier if nobody can drain memory (or the bytes are on disk anyway).
+    const bool spill_only = !spill_.empty();
+    const bool may_spill = fits_spill && (spill_only || have || may_start_spill());
+    bool stream_full = false;
+    if (!spill_only && fits_memory) {
+      grow = queue_.growth_for(static_cast<std::size_t>(ext));
+      if (reserved_ + grow > max_stream_) stream_full = true;  // wait for our consumer
+      else if (budget_.try_reserve(grow, waiter)) to = To::Memory;
     }
-    if (!budget_.try_reserve(grow, waits ? shared_from_this() : nullptr)) {
-      if (waits) return Apply::NoRoom;
-      *res = Errno{ENOSPC};
-      return Apply::Done;
+    if (to == To::None && may_spill && take_spill(ext, fw, waiter)) to = To::Spill;
+    if (to == To::None) {
+      if (!fits_memory && !may_spill) {
+        *res = Errno{EFBIG};
+        return Apply::Done;
+      }
+      if (!waits) {
+        *res = Errno{(stream_full || !fits_memory) && !may_spill ? EFBIG : ENOSPC};
+        return Apply::Done;
+      }
+      return Apply::NoRoom;
     }
-    reserved_ += grow;
-    if (overlap != 0) queue_.overwrite(off - base_, data.first(overlap));
-    queue_.append(tail, zeros);
-    assert(reserved_ == queue_.capacity());
   }
+  const bool needs_file = b_len != 0 || (to == To::Spill && tail != 0);
+  if (needs_file && !have) {
+    if (!file_) return Apply::NeedFile;
+    fw.file = file_;  // a fresh run: nothing else ever writes there
+    fw.foff = file_alloc_;
+    fw.len = len;
+    file_alloc_ += len;
+    ++file_io_;
+    return Apply::ToFile;
+  }
+
+  std::vector<FileRun> dead;
+  if (a_len != 0)
+    queue_.overwrite(static_cast<std::size_t>(off - base_), data.first(static_cast<std::size_t>(a_len)));
+  if (b_len != 0) spill_.assign(b_beg, b_len, fw.foff + (b_beg - off), &dead);
+  if (to == To::Memory) {
+    reserved_ += grow;
+    queue_.append(data.subspan(static_cast<std::size_t>(len - tail)), static_cast<std::size_t>(zeros));
+    assert(reserved_ == queue_.capacity());
+  } else if (to == To::Spill) {
+    if (spill_.empty()) spill_.reset(e);
+    spill_.append(zeros, SpillMap::kZeros);
+    if (tail != 0) spill_.append(tail, fw.foff + (len - tail));
+    fw.credit -= ext;
+  }
+  if (have) {
+    // The parts of the run that were not mapped are dead already.
+    fw.used = true;
+    if (a_len != 0) dead.push_back(FileRun{fw.foff, a_len});
+    if (to == To::Memory && tail != 0) dead.push_back(FileRun{fw.foff + (len - tail), tail});
+  }
+  bury(dead, fx);
   meta_.mtime = meta_.ctime = now();
-  *res = len;
+  *res = static_cast<std::size_t>(len);
   return Apply::Done;
+}
+
+bool Stream::take_spill(std::uint64_t n, FileWrite& fw, const std::shared_ptr<Stream>& waiter) {
+  if (fw.credit >= n) return true;
+  if (spill_blocked()) {  // the disk is full, or no file could be opened
+    if (waiter) spill_store_->budget().wait(waiter);
+    return false;
+  }
+  const std::uint64_t more = n - fw.credit;
+  if (!spill_store_->budget().try_reserve(static_cast<std::size_t>(more), waiter)) return false;
+  fw.credit += more;
+  return true;
+}
+
+void Stream::end_file_write(FileWrite& fw, Effects& fx) {
+  if (fw.file) {
+    assert(fw.file == file_);  // file_ is kept while file_io_ > 0
+    if (!fw.used) {
+      std::vector<FileRun> dead{FileRun{fw.foff, fw.len}};
+      bury(dead, fx);
+    }
+    --file_io_;
+    fw.file.reset();  // not the last reference: file_ has it
+  }
+  if (fw.credit != 0) release_spill(fw.credit, fx);
+  fw = FileWrite{};
+  maybe_drop_file(fx);
+}
+
+bool Stream::spill_write_failed(int err) {
+  if (err != ENOSPC && err != EDQUOT) {
+    log::error("cannot write to the spill file in {}: {}", spill_store_->dir(), std::strerror(err));
+    return false;
+  }
+  // The file system is full before the limit: like a full limit, the
+  // write waits until something is released.
+  spill_store_->disk_full(err);
+  block_spill();
+  wait_for_room();
+  return true;
+}
+
+void Stream::wait_for_room() {
+  const std::shared_ptr<Stream> self = shared_from_this();
+  budget_.wait(self);
+  if (spill_store_ != nullptr) spill_store_->budget().wait(self);
+}
+
+void Stream::file_opened(Result<std::shared_ptr<SpillFile>> f, Effects& fx) {
+  opening_ = false;
+  if (f) {
+    assert(!file_);
+    file_ = std::move(f.value());
+    file_alloc_ = 0;
+  } else {
+    block_spill();  // SpillStore::open() logged why
+    wait_for_room();
+  }
+  progress(fx);  // the writes parked for the file
+}
+
+void Stream::request_file(Effects& fx) {
+  if (opening_) return;
+  opening_ = true;
+  fx.calls.emplace_back([self = shared_from_this()] {
+    auto f = self->spill_store_->open();  // unlocked
+    Effects later;
+    {
+      std::lock_guard lk(self->mu_);
+      self->file_opened(std::move(f), later);
+    }
+    settle(std::move(later));
+  });
+}
+
+void Stream::start_parked_write(FileWrite fw, Effects& fx) {
+  PendingWrite& w = writes_.front();
+  w.in_flight = ++next_io_id_;
+  auto data = std::make_shared<std::vector<std::byte>>(std::move(w.data));
+  fx.calls.emplace_back([self = shared_from_this(), fw = std::move(fw), data, id = w.in_flight] {
+    const int err = fw.file->write_at(fw.foff, *data);  // unlocked
+    self->parked_write_written(id, fw, data, err);
+  });
+}
+
+void Stream::parked_write_written(std::uint64_t id, FileWrite fw,
+                                  const std::shared_ptr<std::vector<std::byte>>& data, int err) {
+  Effects fx;
+  {
+    std::lock_guard lk(mu_);
+    auto it = std::find_if(writes_.begin(), writes_.end(),
+                           [id](const PendingWrite& w) { return w.in_flight == id; });
+    if (it == writes_.end()) {
+      end_file_write(fw, fx);  // cancelled or failed meanwhile (its caller was answered)
+    } else {
+      Result<std::size_t> r = data->size();
+      bool finished = true;
+      if (abort_errno_ != 0) {
+        r = Errno{abort_errno_};
+      } else if (discard_) {
+        // accepted and discarded
+      } else if (err != 0) {
+        end_file_write(fw, fx);  // first: it gives back the credit
+        if (spill_write_failed(err)) finished = false;
+        else r = Errno{err};
+      } else if (try_apply(it->off, *data, fw, &r, fx) != Apply::Done) {
+        finished = false;  // NoRoom (its bytes are in the file: nothing else)
+      }
+      end_file_write(fw, fx);  // (no-op if ended above)
+      if (finished) {
+        fx.calls.emplace_back([done = std::move(it->done), r] { done(r); });
+        forget_key(it->key);
+        writes_.erase(it);
+      } else {
+        it->in_flight = 0;
+        it->data = std::move(*data);
+      }
+      progress(fx);
+    }
+  }
+  settle(std::move(fx));
 }
 
 void Stream::release_memory(std::size_t n, Effects& fx) {
@@ -204,6 +419,142 @@ void Stream::release_memory(std::size_t n, Effects& fx) {
   fx.merge_woken(budget_.release(n));
 }
 
+void Stream::release_spill(std::uint64_t n, Effects& fx) {
+  if (n == 0) return;
+  fx.merge_woken(spill_store_->budget().release(static_cast<std::size_t>(n)));
+}
+
+void Stream::consume_to(std::uint64_t pos, Effects& fx) {
+  if (pos <= base_) return;
+  const std::uint64_t me = mem_end();
+  release_memory(queue_.drop(static_cast<std::size_t>(std::min(pos, me) - base_)), fx);
+  if (pos > me && !spill_.empty()) {
+    std::vector<FileRun> dead;
+    const std::uint64_t before = spill_.size();
+    spill_.drop_front(pos, &dead);
+    release_spill(before - spill_.size(), fx);
+    spill_store_->note_freed();
+    bury(dead, fx);
+    maybe_drop_file(fx);
+  }
+  base_ = pos;
+}
+
+void Stream::drop_all(Effects& fx) {
+  release_memory(queue_.clear(), fx);
+  if (!spill_.empty()) {
+    std::vector<FileRun> dead;
+    const std::uint64_t n = spill_.size();
+    spill_.clear(&dead);
+    release_spill(n, fx);
+    spill_store_->note_freed();
+    bury(dead, fx);
+  }
+  maybe_drop_file(fx);
+}
+
+void Stream::bury(std::vector<FileRun>& runs, Effects& fx) {
+  if (runs.empty()) return;
+  dead_.insert(dead_.end(), runs.begin(), runs.end());
+  runs.clear();
+  if (pins_ == 0) flush_dead(fx);  // else a read may still copy from them
+}
+
+void Stream::flush_dead(Effects& fx) {
+  if (dead_.empty()) return;
+  if (!file_ || !spill_store_->punching()) {
+    dead_.clear();
+    return;
+  }
+  // Holes are punched in whole blocks; the unaligned end of the last run is
+  // kept and merged with the next dead run (consumption is sequential, so
+  // the next one usually starts right there).
+  constexpr std::uint64_t kBlock = 4096;
+  if (punch_tail_.len != 0) dead_.push_back(punch_tail_);
+  punch_tail_ = FileRun{};
+  std::sort(dead_.begin(), dead_.end(), [](const FileRun& a, const FileRun& b) { return a.off < b.off; });
+  std::vector<FileRun> holes;
+  auto emit = [&](const FileRun& r, bool last) {
+    const std::uint64_t from = (r.off + kBlock - 1) / kBlock * kBlock;
+    const std::uint64_t to = (r.off + r.len) / kBlock * kBlock;
+    if (to > from) holes.push_back(FileRun{from, to - from});
+    if (last) {
+      const std::uint64_t t = std::max(r.off, to);
+      if (r.off + r.len > t) punch_tail_ = FileRun{t, r.off + r.len - t};
+    }
+  };
+  FileRun cur = dead_.front();
+  for (std::size_t i = 1; i < dead_.size(); ++i) {
+    const FileRun& r = dead_[i];
+    if (r.off <= cur.off + cur.len) {
+      cur.len = std::max(cur.off + cur.len, r.off + r.len) - cur.off;
+    } else {
+      emit(cur, false);
+      cur = r;
+    }
+  }
+  emit(cur, true);
+  dead_.clear();
+  if (holes.empty()) return;
+  fx.calls.emplace_back([f = file_, holes = std::move(holes), store = spill_store_] {
+    for (const FileRun& h : holes) {
+      if (!store->punching()) return;
+      if (const int err = f->punch(h.off, h.len); err != 0) store->punch_failed(err);
+    }
+  });
+}
+
+void Stream::maybe_drop_file(Effects& fx) {
+  if (!file_ || !spill_.empty() || file_io_ != 0 || opening_) return;
+  dead_.clear();
+  punch_tail_ = FileRun{};
+  file_alloc_ = 0;
+  fx.calls.emplace_back([f = std::move(file_)] {});  // closed outside the lock
+}
+
+void Stream::copy_now(std::uint64_t pos, std::span<std::byte> out,
+                      std::vector<SpillMap::Piece>* file) const {
+  const std::uint64_t me = mem_end();
+  std::size_t done = 0;
+  if (pos < me) {
+    done = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), me - pos));
+    queue_.peek(static_cast<std::size_t>(pos - base_), out.first(done));
+  }
+  if (done == out.size()) return;
+  const std::size_t first = file->size();
+  spill_.pieces(pos + done, out.size() - done, file);
+  auto keep = file->begin() + static_cast<std::ptrdiff_t>(first);
+  for (auto it = keep; it != file->end(); ++it) {
+    if (it->foff == SpillMap::kZeros) {
+      std::memset(out.data() + (it->off - pos), 0, static_cast<std::size_t>(it->len));
+    } else {
+      *keep++ = *it;
+    }
+  }
+  file->erase(keep, file->end());
+}
+
+void Stream::pin() {
+  ++pins_;
+  ++file_io_;
+}
+
+void Stream::unpin(Effects& fx) {
+  --pins_;
+  --file_io_;
+  if (pins_ == 0) flush_dead(fx);
+  maybe_drop_file(fx);
+}
+
+void Stream::read_failed(int err, Effects& fx) {
+  log::error("cannot read spilled bytes back from the spill file in {}: {}", spill_store_->dir(),
+             std::strerror(err));
+  if (abort_reason_.empty())
+    abort_reason_ = fmt::format("its spilled bytes could not be read back: {}", std::strerror(err));
+  abort_errno_ = EIO;
+  discard(fx);
+}
+
 void Stream::park_key(WaitKey key) { parking_.add(key, shared_from_this()); }
 
 void Stream::forget_key(WaitKey key) { parking_.remove(key, this); }
@@ -211,11 +562,24 @@ void Stream::forget_key(WaitKey key) { parking_.remove(key, this); }
 void Stream::progress(Effects& fx) {
   for (bool moved = true; moved;) {
     moved = false;
-    while (!writes_.empty() && writes_.front().armed) {
+    // A write whose bytes are being written to the spill file holds back
+    // the ones behind it (FIFO), like an unarmed one.
+    while (!writes_.empty() && writes_.front().armed && writes_.front().in_flight == 0) {
       PendingWrite& w = writes_.front();
       Result<std::size_t> r = w.data.size();
-      if (abort_errno_ != 0) r = Errno{abort_errno_};
-      else if (!discard_ && try_apply(w.off, w.data, &r) == Apply::NoRoom) break;
+      if (abort_errno_ != 0) {
+        r = Errno{abort_errno_};
+      } else if (!discard_) {
+        FileWrite fw;
+        const Apply a = try_apply(w.off, w.data, fw, &r, fx);
+        if (a == Apply::ToFile) {
+          start_parked_write(std::move(fw), fx);
+          break;
+        }
+        end_file_write(fw, fx);
+        if (a == Apply::NeedFile) request_file(fx);
+        if (a != Apply::Done) break;
+      }
       fx.calls.emplace_back([done = std::move(w.done), r] { done(r); });
       forget_key(w.key);
       writes_.pop_front();
@@ -227,12 +591,31 @@ void Stream::progress(Effects& fx) {
       const Serve what = prepare_read(rd.pos, rd.size, &n, fx);
       if (what == Serve::Wait) break;
       if (what == Serve::Data) {
-        // Not zero-filled: peek() overwrites all n bytes.
+        // Not zero-filled: copy_now() and read_file() overwrite all n bytes.
         std::shared_ptr<std::byte[]> v = std::make_shared_for_overwrite<std::byte[]>(n);
-        queue_.peek(rd.pos - base_, {v.get(), n});
-        fx.calls.emplace_back([done = std::move(rd.done), v = std::move(v), n] {
-          done(std::span<const std::byte>(v.get(), n));
-        });
+        std::vector<SpillMap::Piece> pieces;
+        copy_now(rd.pos, {v.get(), n}, &pieces);
+        if (pieces.empty()) {
+          fx.calls.emplace_back([done = std::move(rd.done), v = std::move(v), n] {
+            done(std::span<const std::byte>(v.get(), n));
+          });
+        } else {
+          // The rest comes from the spill file, read once no lock is held.
+          pin();
+          fx.calls.emplace_back([self = shared_from_this(), f = file_, pieces = std::move(pieces),
+                                 pos = rd.pos, v = std::move(v), n, done = std::move(rd.done)] {
+            const int err = read_file(*f, pos, pieces, {v.get(), n});
+            Effects later;
+            {
+              std::lock_guard lk(self->mu_);
+              self->unpin(later);
+              if (err != 0) self->read_failed(err, later);
+            }
+            if (err != 0) done(Errno{EIO});
+            else done(std::span<const std::byte>(v.get(), n));
+            settle(std::move(later));
+          });
+        }
       } else if (what == Serve::Eof) {
         fx.calls.emplace_back([done = std::move(rd.done)] { done(std::span<const std::byte>{}); });
       } else {
@@ -281,7 +664,7 @@ void Stream::detach_push(Effects& fx) {
 }
 
 Pull Stream::pull(std::size_t max) {
-  std::lock_guard lk(mu_);
+  std::unique_lock lk(mu_);
   Pull p;
   if (!push_ || close_sent_) return p;
   if (held() && abort_reason_.empty()) {
@@ -295,9 +678,30 @@ Pull Stream::pull(std::size_t max) {
     p.kind = Pull::Kind::Data;
     p.offset = delivered_;
     p.bytes.resize(n);
-    queue_.peek(delivered_ - base_, p.bytes);
+    std::vector<SpillMap::Piece> pieces;
+    copy_now(delivered_, p.bytes, &pieces);
     delivered_ += n;
-    return p;
+    if (pieces.empty()) return p;
+    // From the spill file, unlocked; the pieces are pinned meanwhile.
+    std::shared_ptr<SpillFile> f = file_;
+    pin();
+    lk.unlock();
+    const int err = read_file(*f, p.offset, pieces, p.bytes);
+    Effects fx;
+    lk.lock();
+    unpin(fx);
+    if (err == 0) {
+      lk.unlock();
+      settle(std::move(fx));
+      return p;
+    }
+    read_failed(err, fx);  // aborted: its end is what there is to pull now
+    p = Pull{};
+    lk.unlock();
+    f.reset();  // may be the last reference: closes unlocked
+    settle(std::move(fx));
+    lk.lock();
+    if (!push_ || close_sent_) return p;
   }
   if (push_ended() || !abort_reason_.empty()) {
     close_sent_ = true;
@@ -316,10 +720,7 @@ Pull Stream::pull(std::size_t max) {
 bool Stream::ack(std::uint64_t upto, Effects& fx) {
   std::lock_guard lk(mu_);
   upto = std::min(upto, delivered_);
-  if (upto > base_) {
-    release_memory(queue_.drop(upto - base_), fx);
-    base_ = upto;
-  }
+  consume_to(upto, fx);
   progress(fx);
   return close_sent_ && base_ == delivered_;
 }
@@ -359,10 +760,7 @@ Stream::Serve Stream::prepare_read(std::uint64_t pos, std::size_t size, std::siz
   if (pos < base_) return Serve::Error;  // seeking back past what we kept
   if (held()) return Serve::Wait;
   pos = std::min(pos, end());
-  if (pos > base_) {
-    release_memory(queue_.drop(pos - base_), fx);
-    base_ = pos;
-  }
+  consume_to(pos, fx);
   delivered_ = std::max(delivered_, base_);
   if (pos < end()) {
     *n = std::min<std::uint64_t>(size, end() - pos);
@@ -378,15 +776,40 @@ Stream::Serve Stream::prepare_read(std::uint64_t pos, std::size_t size, std::siz
 
 Outcome<std::size_t> Stream::write(std::uint64_t off, std::span<const std::byte> data,
                                    WaitKey key, WriteDone done, Effects& fx) {
-  std::lock_guard lk(mu_);
+  FileWrite fw;  // declared first: a file reference it holds is dropped unlocked
+  std::unique_lock lk(mu_);
   if (abort_errno_ != 0) return Result<std::size_t>(Errno{abort_errno_});
   if (discard_) return Result<std::size_t>(data.size());
-  if (writes_.empty()) {
+  bool opened = false;  // this call opened (or failed to open) the spill file
+  while (writes_.empty() || fw.file) {
     Result<std::size_t> r = 0;
-    if (try_apply(off, data, &r) == Apply::Done) {
+    const Apply a = try_apply(off, data, fw, &r, fx);
+    if (a == Apply::Done) {
+      end_file_write(fw, fx);
       if (r.ok() || abort_errno_ != 0) progress(fx);
       return r;
     }
+    if (a == Apply::ToFile) {
+      // Into the spill file, unlocked, then apply it (see SPILLING).
+      lk.unlock();
+      const int err = fw.file->write_at(fw.foff, data);
+      lk.lock();
+      if (err == 0 && abort_errno_ == 0 && !discard_) continue;
+      end_file_write(fw, fx);
+      if (abort_errno_ != 0) return Result<std::size_t>(Errno{abort_errno_});
+      if (discard_) return Result<std::size_t>(data.size());
+      if (!spill_write_failed(err)) return Result<std::size_t>(Errno{err});
+      break;  // wait (disk full)
+    }
+    end_file_write(fw, fx);  // NoRoom or NeedFile: the credit goes back
+    if (a == Apply::NoRoom || opening_ || opened) break;  // wait (for room, or the file)
+    // NeedFile: open it, unlocked; writes arriving meanwhile wait for it.
+    opening_ = true;
+    lk.unlock();
+    auto f = spill_store_->open();
+    lk.lock();
+    opened = true;
+    file_opened(std::move(f), fx);
   }
   writes_.push_back(PendingWrite{key, off, std::vector<std::byte>(data.begin(), data.end()),
                                  std::move(done), key == 0, false});
@@ -401,9 +824,11 @@ Outcome<std::span<const std::byte>> Stream::read(std::uint64_t pos, std::size_t 
   // state allocates nothing. The span is only used until the reply is sent.
   thread_local std::unique_ptr<std::byte[]> buf;
   thread_local std::size_t buf_cap = 0;
+  thread_local std::vector<SpillMap::Piece> pieces;
   using R = Result<std::span<const std::byte>>;
 
-  std::lock_guard lk(mu_);
+  std::shared_ptr<SpillFile> f;  // declared first: dropped after unlocking
+  std::unique_lock lk(mu_);
   // Two rounds: freeing what the reader moved past may let a parked write
   // of this stream in, which brings the bytes this read waits for.
   for (int round = 0; round < 2 && reads_.empty(); ++round) {
@@ -418,8 +843,22 @@ Outcome<std::span<const std::byte>> Stream::read(std::uint64_t pos, std::size_t 
           buf.reset(new std::byte[n]);
           buf_cap = n;
         }
-        queue_.peek(pos - base_, {buf.get(), n});
+        pieces.clear();
+        copy_now(pos, {buf.get(), n}, &pieces);
         progress(fx);  // our own parked writers may fit now
+        if (!pieces.empty()) {
+          // From the spill file, unlocked; the pieces are pinned meanwhile.
+          f = file_;
+          pin();
+          lk.unlock();
+          const int err = read_file(*f, pos, pieces, {buf.get(), n});
+          lk.lock();
+          unpin(fx);
+          if (err != 0) {
+            read_failed(err, fx);
+            return R(Errno{EIO});
+          }
+        }
         return R(std::span<const std::byte>(buf.get(), n));
       case Serve::Eof:
         return R(std::span<const std::byte>{});
@@ -437,13 +876,34 @@ Outcome<std::span<const std::byte>> Stream::read(std::uint64_t pos, std::size_t 
 
 Result<std::span<const std::byte>> Stream::read_back(std::uint64_t pos, std::size_t size) {
   thread_local std::vector<std::byte> buf;
-  std::lock_guard lk(mu_);
-  if (pos < base_) return Errno{EIO};  // consumed: gone
-  if (pos >= end()) return std::span<const std::byte>{};
-  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(size, end() - pos));
-  if (buf.size() < n) buf.resize(n);
-  queue_.peek(pos - base_, {buf.data(), n});
-  return std::span<const std::byte>(buf.data(), n);
+  thread_local std::vector<SpillMap::Piece> pieces;
+  std::shared_ptr<SpillFile> f;  // declared first: dropped after unlocking
+  Effects fx;
+  Result<std::span<const std::byte>> out = std::span<const std::byte>{};
+  {
+    std::unique_lock lk(mu_);
+    if (pos < base_) return Errno{EIO};  // consumed: gone
+    if (pos >= end()) return std::span<const std::byte>{};
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(size, end() - pos));
+    if (buf.size() < n) buf.resize(n);
+    pieces.clear();
+    copy_now(pos, {buf.data(), n}, &pieces);
+    out = std::span<const std::byte>(buf.data(), n);
+    if (!pieces.empty()) {
+      f = file_;
+      pin();
+      lk.unlock();
+      const int err = read_file(*f, pos, pieces, {buf.data(), n});
+      lk.lock();
+      unpin(fx);
+      if (err != 0) {
+        read_failed(err, fx);
+        out = Errno{EIO};
+      }
+    }
+  }
+  settle(std::move(fx));
+  return out;
 }
 
 namespace {
@@ -518,7 +978,7 @@ void Stream::fail_parked(int err, Effects& fx) {
 void Stream::discard(Effects& fx) {
   discard_ = true;
   const std::uint64_t e = end();
-  release_memory(queue_.clear(), fx);
+  drop_all(fx);
   base_ = e;
   delivered_ = std::max(delivered_, e);
   progress(fx);  // parked writes complete as discarded
@@ -541,15 +1001,43 @@ Status Stream::truncate(std::uint64_t size, Effects& fx) {
   if (size == e) return Ok{};
   if (size < delivered_) return Errno{EINVAL};  // those bytes are with the consumer
   if (size < e) {
-    release_memory(queue_.truncate(static_cast<std::size_t>(size - base_)), fx);
+    if (!spill_.empty()) {
+      // Cut the spill tier (all of it if the cut is in memory).
+      std::vector<FileRun> dead;
+      const std::uint64_t before = spill_.size();
+      spill_.truncate(std::max(size, mem_end()), &dead);
+      release_spill(before - spill_.size(), fx);
+      spill_store_->note_freed();
+      bury(dead, fx);
+      maybe_drop_file(fx);
+    }
+    if (size < mem_end()) release_memory(queue_.truncate(static_cast<std::size_t>(size - base_)), fx);
   } else {
+    // Growing: zero bytes, in memory if it can take them, else (as a write
+    // would) in the spill tier, where zeros take no disk. Never waits.
     const std::uint64_t zeros = size - e;
-    if (queue_.size() + zeros > max_stream_) return Errno{EFBIG};
-    const std::size_t grow = queue_.growth_for(static_cast<std::size_t>(zeros));
-    if (reserved_ + grow > max_stream_) return Errno{EFBIG};
-    if (!budget_.try_reserve(grow, nullptr)) return Errno{ENOSPC};
-    reserved_ += grow;
-    queue_.append({}, static_cast<std::size_t>(zeros));
+    bool to_spill = !spill_.empty();
+    if (!to_spill) {
+      int err = 0;
+      const std::size_t grow = queue_.growth_for(static_cast<std::size_t>(zeros));
+      if (queue_.size() + zeros > max_stream_ || reserved_ + grow > max_stream_) err = EFBIG;
+      else if (!budget_.try_reserve(grow, nullptr)) err = ENOSPC;
+      if (err == 0) {
+        reserved_ += grow;
+        queue_.append({}, static_cast<std::size_t>(zeros));
+      } else if (may_start_spill()) {
+        to_spill = true;
+      } else {
+        return Errno{err};
+      }
+    }
+    if (to_spill) {
+      if (zeros > spill_store_->limit()) return Errno{EFBIG};
+      if (spill_blocked() || !spill_store_->budget().try_reserve(static_cast<std::size_t>(zeros), nullptr))
+        return Errno{ENOSPC};
+      if (spill_.empty()) spill_.reset(e);
+      spill_.append(zeros, SpillMap::kZeros);
+    }
   }
   meta_.mtime = meta_.ctime = now();
   progress(fx);
@@ -562,6 +1050,7 @@ void Stream::stats(StreamStats* out, timespec t) {
   out->delivered = delivered_;
   out->writers = writers_;
   out->consumer = reader_ || push_ != nullptr;
+  out->spilled = spill_.size();
   const double dt = static_cast<double>(t.tv_sec - rate_time_.tv_sec) +
                     static_cast<double>(t.tv_nsec - rate_time_.tv_nsec) / 1e9;
   if (rate_time_.tv_sec == 0) {
@@ -583,7 +1072,7 @@ Attr Stream::attr(Ino ino) const {
   a.meta = meta_;
   a.nlink = linked_ ? 1 : 0;
   a.size = end();
-  a.blocks = (reserved_ + 511) / 512;
+  a.blocks = (reserved_ + spill_.size() + 511) / 512;  // memory and spill space held
   return a;
 }
 

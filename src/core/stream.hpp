@@ -14,7 +14,44 @@
 // completers until arm() is called. FIFO order is kept: an unarmed op at
 // the head of a queue holds back the ops behind it.
 //
-// Lock order: Volume::tree_mu_ -> Stream::mu_ -> {Budget::mu_, Parking::mu_}
+// SPILLING (spill.hpp)
+// The bytes not yet consumed are [base_, end()): first a memory tier
+// (queue_, from base_), then, if it is not empty, the spill tier (spill_,
+// from base_ + queue_.size() to end()). Rules:
+//  - A write that extends the stream goes to memory if the spill tier is
+//    empty and the caps allow; else to the spill tier if it is not empty
+//    (order: new bytes go behind the spilled ones, consumer or not), or if
+//    the stream has no consumer (or is held: nothing can drain it) and the
+//    spill limit allows; else it waits (parks), as without spilling.
+//  - Patches go where the bytes are; reads, read-back and pulls copy from
+//    both tiers; consumption frees both.
+//  - Once the consumer has read the whole spill tier it is empty again, its
+//    file is closed, and writes go to memory (then wait: a stream with a
+//    consumer does not start spilling).
+// No syscall runs under mu_ (nor under any other core lock). The spill file
+// is log-structured: a write to the tier
+//   1. under mu_: takes a fresh file run (file_alloc_ only grows) and the
+//      spill bytes it needs (its credit), and counts itself in file_io_;
+//   2. unlocked: pwrite()s its bytes to that run, which nothing else uses;
+//   3. under mu_: applies the write as a new one, now knowing its bytes are
+//      in that run: the stream ranges it covers in the tier are mapped to
+//      the run (the runs they had become dead).
+// Until step 3 the stream is unchanged, so readers never see a half-done
+// write, and a failed pwrite() leaves the stream as it was (the writer
+// gets the error; ENOSPC/EDQUOT make it wait instead, like a full limit).
+// A read (consumer, read-back or pull) copies the memory part under mu_,
+// notes the file pieces and *pins* them (pins_, file_io_), copies them with
+// pread() unlocked, and unpins. A run, once written, is never written
+// again, and dead runs are punched (fallocate, in an Effects call) only
+// while no read is pinned; the file is closed only when the tier is empty
+// and no I/O is in flight (file_io_ == 0), and always outside mu_ (its
+// last reference is dropped in an Effects call or by the thread that did
+// the I/O, after unlocking). Opening the file is a syscall too: one writer
+// opens it unlocked (opening_), the others park until it is there.
+//
+// Lock order: Volume::tree_mu_ -> Stream::mu_ -> {Budget::mu_ (memory),
+// Budget::mu_ (spill), Parking::mu_}; the last three are leaves, never
+// held together.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +64,7 @@
 #include "core/budget.hpp"
 #include "core/byte_queue.hpp"
 #include "core/sink.hpp"
+#include "core/spill.hpp"
 #include "core/types.hpp"
 
 namespace capturefs::core {
@@ -55,6 +93,7 @@ class PushTarget {
   virtual ~PushTarget() = default;
   virtual void wake(std::uint64_t id) = 0;
   /// The stream now has this path (delivered in order with its data).
+  /// Called with the volume's tree lock held: must only record it.
   virtual void renamed(std::uint64_t id, const std::string& path) = 0;
 };
 
@@ -78,7 +117,10 @@ struct Released {
 
 class Stream : public std::enable_shared_from_this<Stream> {
  public:
-  Stream(Budget& budget, Parking& parking, std::uint64_t max_stream, Meta meta);
+  /// `spill`: where bytes that do not fit the memory caps may go (null:
+  /// nowhere, writers wait).
+  Stream(Budget& budget, Parking& parking, std::uint64_t max_stream, Meta meta,
+         SpillStore* spill = nullptr);
   ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
@@ -182,6 +224,8 @@ class Stream : public std::enable_shared_from_this<Stream> {
   bool delivered() const;
   /// \brief The consumer has read everything to EOF and no writer is left.
   bool fully_read() const;
+  /// \brief Bytes in the spill tier (for tests and status).
+  std::uint64_t spilled() const;
 
  private:
   struct PendingWrite {
@@ -191,6 +235,16 @@ class Stream : public std::enable_shared_from_this<Stream> {
     WriteDone done;
     bool armed;
     bool cancelled;
+    std::uint64_t in_flight = 0;  // != 0: its bytes are being written to the spill file (an id)
+  };
+  // A write's bytes placed in the spill file but not yet part of the stream
+  // (see SPILLING). Counted in file_io_ while `file` is set.
+  struct FileWrite {
+    std::shared_ptr<SpillFile> file;  // null: the bytes are only in memory
+    std::uint64_t foff = 0;           // where they are
+    std::uint64_t len = 0;            // the write's length
+    std::uint64_t credit = 0;         // spill bytes reserved for it
+    bool used = false;                // try_apply mapped (part of) the run
   };
   struct PendingRead {
     WaitKey key;
@@ -200,9 +254,14 @@ class Stream : public std::enable_shared_from_this<Stream> {
     bool armed;
     bool cancelled;
   };
-  enum class Apply : std::uint8_t { Done, NoRoom };
+  // Done: applied or failed (*res says). NoRoom: wait for memory or spill
+  // space. NeedFile: the spill file must be opened first. ToFile: write the
+  // bytes to the FileWrite's run unlocked, then apply again with it.
+  enum class Apply : std::uint8_t { Done, NoRoom, NeedFile, ToFile };
 
-  std::uint64_t end() const { return base_ + queue_.size(); }
+  std::uint64_t mem_end() const { return base_ + queue_.size(); }
+  std::uint64_t end() const { return spill_.empty() ? mem_end() : spill_.end(); }
+  std::uint64_t stored() const { return queue_.size() + spill_.size(); }
   // A writer has it, or it waits for its creator to come back.
   bool writing() const { return writers_ > 0 || linger_; }
   // Held for its writers: consumers see nothing yet.
@@ -215,8 +274,52 @@ class Stream : public std::enable_shared_from_this<Stream> {
   // Consumes up to pos and says what a read at pos gets; for Data, *n bytes
   // are available at pos.
   Serve prepare_read(std::uint64_t pos, std::size_t size, std::size_t* n, Effects& fx);
-  // Applies a write if memory allows; sets *res when Done.
-  Apply try_apply(std::uint64_t off, std::span<const std::byte> data, Result<std::size_t>* res);
+  // Applies a write if there is room; sets *res when Done. `fw`: in, the
+  // run its bytes are already in (if fw.file is set); out, for ToFile, the
+  // run to write them to. The caller ends fw with end_file_write().
+  Apply try_apply(std::uint64_t off, std::span<const std::byte> data, FileWrite& fw,
+                  Result<std::size_t>* res, Effects& fx);
+  // Reserves n spill bytes for a write (its credit first); registers
+  // `waiter` for a release if there is no room.
+  bool take_spill(std::uint64_t n, FileWrite& fw, const std::shared_ptr<Stream>& waiter);
+  // Ends a FileWrite: an unused run is dead, an unused credit given back.
+  void end_file_write(FileWrite& fw, Effects& fx);
+  // Called unlocked by the Effects call that wrote a parked write's bytes.
+  void parked_write_written(std::uint64_t id, FileWrite fw,
+                            const std::shared_ptr<std::vector<std::byte>>& data, int err);
+  // Starts the file write of the parked write at the head of writes_.
+  void start_parked_write(FileWrite fw, Effects& fx);
+  // A pwrite() failed with err: the write waits (ENOSPC, EDQUOT) or fails.
+  bool spill_write_failed(int err);
+  // Opens the spill file in an Effects call (for parked writes).
+  void request_file(Effects& fx);
+  void file_opened(Result<std::shared_ptr<SpillFile>> f, Effects& fx);
+  // The stream may spill a new tier now (no consumer, or held).
+  bool may_start_spill() const { return spill_store_ != nullptr && (held() || (!reader_ && !push_)); }
+  bool spill_blocked() const { return spill_blocked_ && spill_store_->freed() == blocked_at_; }
+  void block_spill() {
+    spill_blocked_ = true;
+    blocked_at_ = spill_store_->freed();
+  }
+  // Registers as waiting on the budgets this stream could use.
+  void wait_for_room();
+  // Copies [pos, pos + out.size()) into out: memory and zeros now; the file
+  // pieces are added to *file, to be read unlocked (read_file()).
+  void copy_now(std::uint64_t pos, std::span<std::byte> out, std::vector<SpillMap::Piece>* file) const;
+  void pin();
+  void unpin(Effects& fx);
+  // A pread() of the spill file failed: the bytes are lost, the stream is aborted.
+  void read_failed(int err, Effects& fx);
+  // Consumes (frees) everything before pos, in both tiers.
+  void consume_to(std::uint64_t pos, Effects& fx);
+  // Drops both tiers.
+  void drop_all(Effects& fx);
+  void release_spill(std::uint64_t n, Effects& fx);
+  // Runs of file_ no longer mapped: punched once no read is pinned.
+  void bury(std::vector<FileRun>& runs, Effects& fx);
+  void flush_dead(Effects& fx);
+  // Closes the spill file (outside the lock) once nothing needs it.
+  void maybe_drop_file(Effects& fx);
   // Completes what can complete; the core of every state change.
   void progress(Effects& fx);
   void release_memory(std::size_t n, Effects& fx);
@@ -228,12 +331,31 @@ class Stream : public std::enable_shared_from_this<Stream> {
   Budget& budget_;
   Parking& parking_;
   const std::uint64_t max_stream_;
+  SpillStore* const spill_store_;  // null: no spilling
 
-  mutable std::mutex mu_;  // see lock order at the top of this file
+  // Lock order: Volume::tree_mu_ -> mu_ -> {budget_'s, the spill budget's,
+  // parking_'s} (see the top of this file). Never held across a syscall on
+  // the spill file (pread, pwrite, open, fallocate, close).
+  mutable std::mutex mu_;
   ByteQueue queue_;
   std::uint64_t base_ = 0;       // stream offset of queue_'s front
   std::uint64_t delivered_ = 0;  // bytes handed to consumers (>= base_)
   std::uint64_t reserved_ = 0;  // bytes taken from budget_ (== queue_.capacity())
+  // The spill tier (see SPILLING). Its bytes are taken from the spill
+  // budget: spill_.size(), plus the credits of FileWrites in flight.
+  SpillMap spill_;
+  std::shared_ptr<SpillFile> file_;  // the tier's file, once needed
+  std::uint64_t file_alloc_ = 0;     // next unused offset of file_
+  int file_io_ = 0;                  // reads and writes of file_ in flight
+  int pins_ = 0;                     // of which reads
+  bool opening_ = false;             // a thread opens file_
+  // An open or a pwrite failed (ENOSPC, EDQUOT, EMFILE...): no spilling
+  // until a stream has freed spill space since (SpillStore::freed()).
+  bool spill_blocked_ = false;
+  std::uint64_t blocked_at_ = 0;
+  std::vector<FileRun> dead_;        // runs of file_ to punch
+  FileRun punch_tail_;               // an unaligned dead end, merged with the next
+  std::uint64_t next_io_id_ = 0;     // ids of parked writes in flight
   int writers_ = 0;
   bool reader_ = false;
   bool eof_seen_ = false;  // the consumer was told EOF

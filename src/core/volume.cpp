@@ -245,7 +245,7 @@ Volume::NodePtr Volume::add_node(Node& parent, std::string_view name, Kind kind,
   n->name = std::string(name);
   if (kind == Kind::Stream) {
     n->stream = std::make_shared<Stream>(budget_, parking_, limits_.max_stream,
-                                         fresh_meta(mode, who));
+                                         fresh_meta(mode, who), policy_.spill.get());
   } else {
     n->meta = fresh_meta(mode, who);
     if (kind == Kind::Directory) ++parent.subdirs;
@@ -538,8 +538,10 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
     for (Node* moved : streams) {
       if (!moved->linked) continue;
       std::string p = path_locked(*moved);
-      if (auto t = moved->stream->push_target())
-        fx.calls.emplace_back([t, id = moved->ino, p] { t->renamed(id, p); });
+      // Told now, under the tree lock (Subscription::mu_ nests inside it),
+      // so that no delivery thread can announce the stream under its old
+      // path once the new name releases it from --hold below.
+      if (auto t = moved->stream->push_target()) t->renamed(moved->ino, p);
       notify(fx, [id = moved->ino, p](Observer& o) { o.renamed(id, p); });
     }
     // --hold follows the new name; after the rename notices, so that a
@@ -570,6 +572,10 @@ StatFs Volume::statfs() {
   StatFs s;
   s.capacity = limits_.max_memory;
   s.used = budget_.used();
+  if (policy_.spill) {
+    s.capacity += policy_.spill->limit();
+    s.used += policy_.spill->budget().used();
+  }
   std::lock_guard lk(tree_mu_);
   s.files = nodes_.size();
   return s;

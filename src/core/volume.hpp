@@ -12,7 +12,9 @@
 // lookups or with other streams. A stream is only ever locked inside
 // tree_mu_, never the other way round.
 //
-// Lock order: Volume::tree_mu_ -> Stream::mu_ -> {Budget::mu_, Parking::mu_}
+// Lock order: Volume::tree_mu_ -> Stream::mu_ -> {Budget::mu_ (memory),
+// Budget::mu_ (spill), Parking::mu_}. No syscall on a spill file runs under
+// any of them (stream.hpp, SPILLING).
 #pragma once
 
 #include <map>
@@ -26,6 +28,7 @@
 #include "core/budget.hpp"
 #include "core/delivery.hpp"
 #include "core/exit_watch.hpp"
+#include "core/spill.hpp"
 #include "core/stream.hpp"
 #include "core/types.hpp"
 
@@ -53,6 +56,9 @@ struct Policy {
   /// same process as the same stream (see Stream::release). Null: a stream
   /// closed empty ends at once.
   std::shared_ptr<ExitWatch> exits;
+  /// Where bytes that do not fit the memory limits go while nobody reads
+  /// them (stream.hpp, SPILLING). Null: nowhere, writers wait.
+  std::shared_ptr<SpillStore> spill;
 };
 
 struct StatFs {
@@ -159,6 +165,10 @@ class Volume {
 
   std::size_t memory_used() const { return budget_.used(); }
   std::size_t memory_peak() const { return budget_.peak(); }
+  /// Bytes in spill files now (streams' spill tiers and writes in flight to
+  /// them) and at most so far; 0 without spilling.
+  std::size_t spill_used() const { return policy_.spill ? policy_.spill->budget().used() : 0; }
+  std::size_t spill_peak() const { return policy_.spill ? policy_.spill->budget().peak() : 0; }
 
  private:
   struct Node {
@@ -221,7 +231,9 @@ class Volume {
   Budget budget_;
   Parking parking_;
 
-  mutable std::mutex tree_mu_;  // see lock order at the top of this file
+  // Lock order: tree_mu_ -> Stream::mu_ -> {Budget::mu_ (memory, spill),
+  // Parking::mu_} (see the top of this file).
+  mutable std::mutex tree_mu_;
   std::unordered_map<Ino, NodePtr> nodes_;
   Ino next_ino_ = kRootIno + 1;
   std::vector<std::shared_ptr<Subscription>> subs_;  // guarded by tree_mu_

@@ -1,12 +1,17 @@
 // libcapturefs: the Mount and Consumer facade over the core volume, the
 // FUSE session and push delivery. The capturefs CLI is built on it too.
 #include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <system_error>
 #include <thread>
 
 #include "capturefs/capturefs.hpp"
 #include "core/delivery.hpp"
+#include "core/log.hpp"
+#include "core/spill.hpp"
 #include "core/volume.hpp"
 #include "fuse/session.hpp"
 #include "lib/internal.hpp"
@@ -77,6 +82,40 @@ class CallbackSink : public core::Sink {
   throw std::system_error(err, std::generic_category(), what);
 }
 
+// The spill store for `opt`, or null when not spilling. An explicit
+// spill_dir that cannot take O_TMPFILE files is an error; the default one
+// only turns spilling off, with a warning.
+std::shared_ptr<core::SpillStore> make_spill(const Options& opt, std::string* dir_out) {
+  if (!opt.spill) return nullptr;
+  if (opt.spill_limit < (2ULL << 20)) fail(EINVAL, "capturefs: spill_limit must be at least 2 MiB");
+  const bool given = !opt.spill_dir.empty();
+  std::string dir = opt.spill_dir;
+  if (!given) {
+    const char* tmp = std::getenv("TMPDIR");
+    dir = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+  }
+  std::string error;
+  int err = 0;
+  // Absolute: a daemon changes to / when it goes to the background.
+  if (char real[PATH_MAX]; realpath(dir.c_str(), real) != nullptr) {
+    dir = real;
+    err = core::SpillStore::probe(dir, &error);
+  } else {
+    err = errno;
+    error = dir;
+  }
+  if (err != 0) {
+    if (given) fail(err, "capturefs: spill directory " + error);  // what(): ...: <errno text>
+    log::warn("spill directory {}: {}; not spilling: writers of streams nobody reads wait for a "
+              "reader once the memory caps are reached (choose a directory with --spill-dir, or "
+              "--no-spill to silence this)",
+              error, std::strerror(err));
+    return nullptr;
+  }
+  *dir_out = dir;
+  return std::make_shared<core::SpillStore>(dir, opt.spill_limit);
+}
+
 }  // namespace
 
 // ---- Consumer -------------------------------------------------------------------
@@ -100,6 +139,7 @@ struct Mount::Impl {
   // Declaration order is teardown order, reversed: consumers stop before
   // the session unmounts, and the volume outlives both.
   std::string mountpoint;
+  std::string spill_dir;  // "" when not spilling
   std::unique_ptr<core::Volume> vol;
   std::unique_ptr<fuse::Session> session;
   std::thread server;
@@ -133,6 +173,7 @@ Mount::Mount(const Options& opt, bool serve_now) : impl_(std::make_unique<Impl>(
   core::Policy policy;
   if (!opt.hold.empty()) policy.hold = core::glob_filter(opt.hold);
   policy.exits = core::make_pidfd_exit_watch();
+  policy.spill = make_spill(opt, &impl_->spill_dir);
   impl_->vol = std::make_unique<core::Volume>(limits, std::move(policy));
   fuse::SessionOptions so;
   so.mountpoint = *abs;
@@ -166,6 +207,9 @@ Consumer Mount::consume(Callbacks cb, ConsumeOptions opt) {
 const std::string& Mount::mountpoint() const { return impl_->mountpoint; }
 std::size_t Mount::memory_used() const { return impl_->vol->memory_used(); }
 std::size_t Mount::memory_peak() const { return impl_->vol->memory_peak(); }
+std::size_t Mount::spill_used() const { return impl_->vol->spill_used(); }
+std::size_t Mount::spill_peak() const { return impl_->vol->spill_peak(); }
+const std::string& Mount::spill_dir() const { return impl_->spill_dir; }
 void Mount::unmount() { impl_->stop(); }
 void Mount::daemonize() { impl_->session->daemonize(); }
 int Mount::serve() { return impl_->session->serve(); }

@@ -417,7 +417,7 @@ TEST(Faults, CrashingExecCommandsFailTheirWritersAndLeaveOtherStreamsIntact) {
 
 TEST(Faults, KilledWritersCloseTheirStreamsWithTheBytesWrittenBeforeTheKill) {
   CAPTUREFS_REQUIRE_FUSE();
-  Mount m({"--max-memory", "32M", "--max-stream", "4M"}, /*with_socket=*/true);
+  Mount m({"--no-spill", "--max-memory", "32M", "--max-stream", "4M"}, /*with_socket=*/true);
   const std::string src_path = m.scratch("src.bin");
   make_random_file(src_path, 64 * kMiB);
   const std::string src = read_file(src_path);
@@ -504,7 +504,7 @@ TEST(Faults, KilledWritersCloseTheirStreamsWithTheBytesWrittenBeforeTheKill) {
 
 TEST(Faults, KilledDaemonGivesErrorsAndTheDeadMountIsCleanedUpAndReusable) {
   CAPTUREFS_REQUIRE_FUSE();
-  Mount m({"--max-memory", "4M", "--max-stream", "2M"}, /*with_socket=*/true);
+  Mount m({"--no-spill", "--max-memory", "4M", "--max-stream", "2M"}, /*with_socket=*/true);
   UniqueFd w = open_fd(m.at("held-open"), O_WRONLY | O_CREAT);
   ASSERT_TRUE(w);
   ASSERT_EQ(write_all(w.get(), "before"), "");
@@ -603,7 +603,7 @@ TEST(Faults, KilledDaemonGivesErrorsAndTheDeadMountIsCleanedUpAndReusable) {
 
 TEST(Faults, SigtermUnderLoadEndsStreamsWithShutdownAndExitsZero) {
   CAPTUREFS_REQUIRE_FUSE();
-  Mount m({"--max-memory", "32M", "--max-stream", "4M"}, /*with_socket=*/true);
+  Mount m({"--no-spill", "--max-memory", "32M", "--max-stream", "4M"}, /*with_socket=*/true);
   const std::uint64_t size = 32 * kMiB;
   std::vector<std::string> names = {"load0.bin", "load1.bin", "load2.bin", "load3.bin"};
   std::map<std::string, std::string> src;

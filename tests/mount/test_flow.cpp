@@ -116,11 +116,14 @@ TEST_F(ReaderFlow, SigintKillsCatBlockedOnAnEmptyStream) {
 }
 
 // ------------------------------------------------------------ backpressure
+// These mounts use --no-spill: pure backpressure, writers wait for a reader
+// (with spilling, a stream nobody reads would go to disk instead; see
+// test_spill.cpp).
 
 class SmallBuffers : public MountTest {
  protected:
   std::vector<std::string> mount_args() const override {
-    return {"--max-memory", "16M", "--max-stream", "16M"};
+    return {"--max-memory", "16M", "--max-stream", "16M", "--no-spill"};
   }
 };
 
@@ -163,7 +166,7 @@ TEST_F(SmallBuffers, BlockedWriterResumesWhenAReaderDrains) {
 
 class WriterSignals : public MountTest {
  protected:
-  std::vector<std::string> mount_args() const override { return {"--max-memory", "16M", "--max-stream", "2M"}; }
+  std::vector<std::string> mount_args() const override { return {"--max-memory", "16M", "--max-stream", "2M", "--no-spill"}; }
 };
 
 TEST_F(WriterSignals, SigintEndsABlockedWriteWithEintr) {
@@ -276,7 +279,7 @@ std::string namespace_ops(const Mount& m, int expect_streams) {
 // Each writer fills its own stream's cap; the global budget keeps room.
 class PerStreamCap : public MountTest {
  protected:
-  std::vector<std::string> mount_args() const override { return {"--max-memory", "128M", "--max-stream", "2M"}; }
+  std::vector<std::string> mount_args() const override { return {"--max-memory", "128M", "--max-stream", "2M", "--no-spill"}; }
 };
 
 TEST_F(PerStreamCap, FiftyWaitingWritersDoNotStallOtherOperations) {
@@ -325,7 +328,7 @@ TEST_F(PerStreamCap, FiftyWaitingWritersDoNotStallOtherOperations) {
 
 class GlobalCap : public MountTest {
  protected:
-  std::vector<std::string> mount_args() const override { return {"--max-memory", "4M", "--max-stream", "64M"}; }
+  std::vector<std::string> mount_args() const override { return {"--max-memory", "4M", "--max-stream", "64M", "--no-spill"}; }
 };
 
 TEST_F(GlobalCap, FiftyWritersOnAFullBudgetDoNotStallOtherOperations) {

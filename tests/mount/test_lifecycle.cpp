@@ -152,7 +152,8 @@ TEST(Lifecycle, HelpAndVersion) {
   }
   RunResult mhelp = run({bin, "mount", "--help"}, 20s);
   EXPECT_TRUE(mhelp.ok()) << mhelp.describe();
-  for (const char* word : {"--foreground", "--debug", "-o", "--max-memory", "--max-stream", "--ready-fd"}) {
+  for (const char* word : {"--foreground", "--debug", "-o", "--max-memory", "--max-stream", "--ready-fd",
+                           "--spill-dir", "--spill-limit", "--no-spill"}) {
     EXPECT_TRUE(contains(mhelp.out, word)) << "`mount --help` does not mention " << word << ":\n" << mhelp.out;
   }
   RunResult ver = run({bin, "--version"}, 20s);

@@ -50,12 +50,27 @@ struct Options {
   std::vector<std::string> fuse_options;     ///< "-o" options, e.g. "allow_other"
   /// Globs (fnmatch, `*` matches `/`) of paths *held* while written: random
   /// writes, read-back and truncate work, and the file is delivered whole
-  /// once its last writer closes it. Held bytes count against max_memory;
-  /// a held write that does not fit fails with ENOSPC (or EFBIG past
-  /// max_stream) instead of waiting.
+  /// once its last writer closes it. Held bytes count against max_memory,
+  /// and beyond it spill (see `spill`); a held write that fits neither
+  /// fails with ENOSPC (or EFBIG past max_stream without spilling) instead
+  /// of waiting.
   std::vector<std::string> hold;
   unsigned fuse_threads = 16;                ///< FUSE worker threads
   bool debug = false;                        ///< log every FUSE request
+  /// Spilling. A stream that has no consumer yet (no reader, no push
+  /// consumer) and whose next write does not fit max_memory / max_stream
+  /// continues in an unnamed temporary file (open(O_TMPFILE | O_EXCL)) in
+  /// spill_dir instead of making its writer wait; so does a held stream.
+  /// Nothing named is ever created there, and the space comes back as the
+  /// bytes are consumed, and when the process ends in any way. Writers
+  /// wait only when memory and spill_limit are both used up. false: never
+  /// spill (writers wait for a consumer, as before).
+  bool spill = true;
+  /// Where spill files go. "": $TMPDIR if set, else /tmp; a default that
+  /// cannot take O_TMPFILE files only logs a warning and turns spilling
+  /// off, a spill_dir given here that cannot makes the constructor throw.
+  std::string spill_dir;
+  std::uint64_t spill_limit = 8ULL << 30;    ///< bytes in spill files, all streams (>= 2 MiB)
 };
 
 /// \brief A stream handed to a consumer.
@@ -168,6 +183,11 @@ class Mount {
   /// \brief Bytes currently buffered, and the peak so far.
   std::size_t memory_used() const;
   std::size_t memory_peak() const;
+  /// \brief Bytes currently in spill files, and the peak so far.
+  std::size_t spill_used() const;
+  std::size_t spill_peak() const;
+  /// \brief The absolute spill directory, or "" when not spilling.
+  const std::string& spill_dir() const;
 
   /// \brief Unmounts now (also done by the destructor). Writers still
   /// waiting get EIO.
