@@ -14,7 +14,7 @@ packages=(
   # run time: fusermount3 and /etc/fuse.conf
   fuse3
   # the real tools the compatibility suite (tests/compat) runs against a mount
-  coreutils tar gzip xz-utils bzip2 zstd rsync curl openssl
+  coreutils tar gzip xz-utils bzip2 zstd rsync curl openssl valgrind
 )
 
 is_installed() {

@@ -6,6 +6,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <condition_variable>
@@ -88,7 +89,13 @@ class PidfdExitWatch final : public ExitWatch {
   bool watch(std::int32_t pid, std::function<void()> on_exit) override {
     if (pid <= 0) return false;
     const int fd = pidfd_open(pid);  // no lock held across the syscalls
-    if (fd < 0) return false;        // ESRCH: gone; EINVAL: a thread id
+    if (fd < 0) {                    // ESRCH: gone; EINVAL: a thread id
+      if (errno == ENOSYS && !warned_.exchange(true))
+        log::warn("cannot watch processes (pidfd_open: {}; Linux >= 5.3 needed): files closed "
+                  "empty end at once, and delivered names go at once",
+                  std::strerror(errno));
+      return false;
+    }
     std::lock_guard lk(mu_);
     if (!started_ && !start()) {
       ::close(fd);
@@ -160,6 +167,7 @@ class PidfdExitWatch final : public ExitWatch {
   std::condition_variable idle_;  // running_ fell to 0
   std::size_t running_ = 0;       // callbacks being called now
   bool started_ = false;
+  std::atomic<bool> warned_{false};  // ENOSYS logged once
   int epoll_fd_ = -1;
   int stop_fd_ = -1;
   std::unordered_map<int, std::function<void()>> watched_;  // pidfd -> callback

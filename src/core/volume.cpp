@@ -649,7 +649,10 @@ Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags) {
   {
     std::lock_guard lk(tree_mu_);
     NodePtr n = find(ino);
-    if (!n || !n->linked) return Errno{ENOENT};
+    // The name went between the kernel's lookup and this open (delivered,
+    // unlinked): ESTALE makes the kernel look the path up again, so that
+    // O_CREAT creates a new stream and a plain open gets ENOENT.
+    if (!n || !n->linked) return Errno{ESTALE};
     if (n->kind == Kind::Directory) return Errno{EISDIR};
     if (n->kind == Kind::Symlink) return Errno{ELOOP};
     if (role_of(flags) == Role::Writer && drop_if_ended(*n, fx)) {

@@ -115,6 +115,15 @@ Mount::Mount(std::vector<std::string> extra_args, bool with_socket) : root_("cap
   std::vector<std::string> argv = {capturefs_binary(), "mount", mnt_, "-f", "--ready-fd",
                                    std::to_string(kReadyFd)};
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+  // CAPTUREFS_DAEMON_WRAPPER="valgrind --error-exitcode=99 ..." runs the
+  // daemon under a checker; its findings fail the test through the exit
+  // status checked at unmount.
+  if (const char* w = std::getenv("CAPTUREFS_DAEMON_WRAPPER"); w != nullptr && *w != '\0') {
+    std::vector<std::string> words;
+    std::istringstream in(w);
+    for (std::string word; in >> word;) words.push_back(word);
+    argv.insert(argv.begin(), words.begin(), words.end());
+  }
   SpawnOptions o;
   o.stdout_path = root_.at("daemon.stdout");
   o.stderr_path = stderr_path_;

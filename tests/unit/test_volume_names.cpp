@@ -123,7 +123,7 @@ TEST_F(Names, UnlinkRemovesTheName) {
   ASSERT_TRUE(v.unlink(kRootIno, "s"));
   EXPECT_EQ(v.lookup(kRootIno, "s").error(), ENOENT);
   EXPECT_EQ(v.unlink(kRootIno, "s").error(), ENOENT);
-  EXPECT_EQ(v.open(s, O_RDONLY).error(), ENOENT);
+  EXPECT_EQ(v.open(s, O_RDONLY).error(), ESTALE);
   EXPECT_TRUE(names(kRootIno).empty());
   // The name can be used again, for a new node.
   EXPECT_NE(mknod("s"), s);
