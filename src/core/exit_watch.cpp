@@ -49,12 +49,14 @@ class PidfdExitWatch final : public ExitWatch {
   PidfdExitWatch& operator=(const PidfdExitWatch&) = delete;
 
   void clear() override {
-    std::unique_lock lk(mu_);
-    for (auto& [fd, cb] : watched_) {
-      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-      ::close(fd);
+    std::vector<int> drop;
+    {
+      std::lock_guard lk(mu_);
+      for (auto& [fd, cb] : watched_) drop.push_back(fd);
+      watched_.clear();
     }
-    watched_.clear();
+    forget(drop);
+    std::unique_lock lk(mu_);
     idle_.wait(lk, [&] { return running_ == 0; });
   }
 
@@ -65,25 +67,10 @@ class PidfdExitWatch final : public ExitWatch {
       for (const auto& [fd, cb] : watched_) fds.push_back(pollfd{fd, POLLIN, 0});
     }
     if (fds.empty() || ::poll(fds.data(), fds.size(), 0) <= 0) return;  // no lock held
-    std::vector<std::function<void()>> due;
-    {
-      std::lock_guard lk(mu_);
-      for (const pollfd& p : fds) {
-        if ((p.revents & POLLIN) == 0) continue;
-        auto it = watched_.find(p.fd);
-        if (it == watched_.end()) continue;  // the watcher thread took it
-        due.push_back(std::move(it->second));
-        watched_.erase(it);
-        epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, p.fd, nullptr);
-        ::close(p.fd);
-      }
-      running_ += due.size();
-    }
-    for (auto& f : due) {
-      f();
-      std::lock_guard lk(mu_);
-      if (--running_ == 0) idle_.notify_all();
-    }
+    std::vector<int> ready;
+    for (const pollfd& p : fds)
+      if ((p.revents & POLLIN) != 0) ready.push_back(p.fd);
+    call_due(ready);
   }
 
   bool watch(std::int32_t pid, std::function<void()> on_exit) override {
@@ -96,24 +83,62 @@ class PidfdExitWatch final : public ExitWatch {
                   std::strerror(errno));
       return false;
     }
-    std::lock_guard lk(mu_);
-    if (!started_ && !start()) {
+    std::call_once(start_once_, [this] { started_ = start(); });
+    if (!started_) {
       ::close(fd);
       return false;
     }
+    {
+      std::lock_guard lk(mu_);
+      watched_.emplace(fd, std::move(on_exit));
+    }
+    // Registered after the entry exists: an exit reported at once finds it.
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
     if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
-      ::close(fd);
+      std::lock_guard lk(mu_);
+      watched_.erase(fd);
+      ::close(fd);  // (rare: out of memory in the kernel)
       return false;
     }
-    watched_.emplace(fd, std::move(on_exit));
     return true;
   }
 
  private:
-  // Called with mu_ held, once.
+  // Drops pidfds whose entries are gone: no lock held.
+  void forget(const std::vector<int>& fds) {
+    for (const int fd : fds) {
+      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+      ::close(fd);
+    }
+  }
+
+  // Calls the callbacks of the pidfds in `ready` that are still watched
+  // (another thread may have taken some), each once, with no lock held.
+  void call_due(const std::vector<int>& ready) {
+    std::vector<std::function<void()>> due;
+    std::vector<int> drop;
+    {
+      std::lock_guard lk(mu_);
+      for (const int fd : ready) {
+        auto it = watched_.find(fd);
+        if (it == watched_.end()) continue;
+        due.push_back(std::move(it->second));
+        watched_.erase(it);
+        drop.push_back(fd);
+      }
+      running_ += due.size();
+    }
+    forget(drop);
+    for (auto& f : due) {
+      f();
+      std::lock_guard lk(mu_);
+      if (--running_ == 0) idle_.notify_all();
+    }
+  }
+
+  // Once, from watch(), with no lock held.
   bool start() {
     epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
     stop_fd_ = eventfd(0, EFD_CLOEXEC);
@@ -139,34 +164,23 @@ class PidfdExitWatch final : public ExitWatch {
         log::error("exit watch: epoll_wait: {}", std::strerror(errno));
         return;
       }
-      std::vector<std::function<void()>> due;
-      {
-        std::lock_guard lk(mu_);
-        for (int i = 0; i < n; ++i) {
-          const int fd = evs[static_cast<std::size_t>(i)].data.fd;
-          if (fd == stop_fd_) return;
-          auto it = watched_.find(fd);
-          if (it == watched_.end()) continue;
-          due.push_back(std::move(it->second));
-          watched_.erase(it);
-          epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-          ::close(fd);
-        }
-        running_ += due.size();
+      std::vector<int> ready;
+      for (int i = 0; i < n; ++i) {
+        const int fd = evs[static_cast<std::size_t>(i)].data.fd;
+        if (fd == stop_fd_) return;
+        ready.push_back(fd);
       }
-      for (auto& f : due) {
-        f();  // no lock held
-        std::lock_guard lk(mu_);
-        if (--running_ == 0) idle_.notify_all();
-      }
+      call_due(ready);
     }
   }
 
-  // Lock order: a leaf. Never held while calling back or waiting.
+  // Lock order: a leaf. Guards watched_ and running_; never held across a
+  // syscall, a callback or a wait.
   std::mutex mu_;
   std::condition_variable idle_;  // running_ fell to 0
   std::size_t running_ = 0;       // callbacks being called now
-  bool started_ = false;
+  std::once_flag start_once_;
+  bool started_ = false;  // written once, inside start_once_
   std::atomic<bool> warned_{false};  // ENOSYS logged once
   int epoll_fd_ = -1;
   int stop_fd_ = -1;
