@@ -387,6 +387,7 @@ class Subscription(_Session):
         self.auto_ack = auto_ack
         self.once = once
         self._streams: Dict[int, Stream] = {}
+        self._ended: Dict[int, Stream] = {}  # closed, kept for a RENAMED after CLOSED (bounded)
         self._new: Deque[Stream] = collections.deque()
         self._yielded = 0
         sub = P.Subscribe(patterns=tuple(_relpath(p) for p in patterns) or (b"*",),
@@ -401,6 +402,10 @@ class Subscription(_Session):
             return
         s = self._streams.get(getattr(f, "id", 0))
         if s is None:
+            # RENAMED may follow CLOSED: the creator renamed the file after
+            # its end was delivered (rsync's temp file put into place).
+            if isinstance(f, P.Renamed) and f.id in self._ended:
+                self._ended[f.id].path_bytes = f.path
             return
         if isinstance(f, P.Data):
             if f.data:
@@ -412,6 +417,9 @@ class Subscription(_Session):
             s.status = "complete" if f.status == P.CloseStatus.COMPLETE else "aborted"
             s.reason = f.reason or None
             del self._streams[f.id]
+            self._ended[f.id] = s
+            while len(self._ended) > 4096:
+                del self._ended[next(iter(self._ended))]
 
     def _on_end(self, why: str) -> None:
         for s in self._streams.values():

@@ -166,7 +166,8 @@ int run_watch(const WatchArgs& a) {
                ",\"length\":" + num(d->bytes.size()) + "}";
         c.queue(proto::Ack{d->id, d->offset + d->bytes.size()});
       } else if (auto* r = std::get_if<proto::Renamed>(&*f)) {
-        paths[r->id] = r->path;
+        // (After "closed" too: the creator renamed a delivered file.)
+        if (auto it = paths.find(r->id); it != paths.end()) it->second = r->path;
         line = "{\"event\":\"renamed\",\"id\":" + num(r->id) + "," + json_path_fields(r->path) + "}";
       } else if (auto* cl = std::get_if<proto::Closed>(&*f)) {
         line = "{\"event\":\"closed\",\"id\":" + num(cl->id);

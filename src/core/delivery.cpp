@@ -65,6 +65,18 @@ void Subscription::renamed(std::uint64_t id, const std::string& path) {
   }
 }
 
+void Subscription::renamed_after_end(std::uint64_t id, const std::string& path) {
+  std::lock_guard lk(mu_);
+  if (stopping_) return;
+  late_.emplace_back(id, path);
+  cv_.notify_one();
+}
+
+std::size_t Subscription::late_renames_pending() {
+  std::lock_guard lk(mu_);
+  return late_.size() + late_busy_;
+}
+
 void Subscription::wake(std::uint64_t id) {
   std::lock_guard lk(mu_);
   auto it = active_.find(id);
@@ -99,8 +111,22 @@ std::vector<std::uint64_t> Subscription::due_ids() {
 void Subscription::run() {
   std::unique_lock lk(mu_);
   for (;;) {
-    cv_.wait(lk, [&] { return stopping_ || !ready_.empty(); });
+    cv_.wait(lk, [&] { return stopping_ || !ready_.empty() || !late_.empty(); });
     if (stopping_) return;
+    if (!late_.empty()) {
+      auto [id, path] = std::move(late_.front());
+      late_.pop_front();
+      ++late_busy_;
+      lk.unlock();
+      try {
+        sink_->on_rename(id, path);
+      } catch (const std::exception& e) {
+        log::error("consumer rename for '{}' failed: {}", path, e.what());
+      }
+      lk.lock();
+      --late_busy_;
+      continue;
+    }
     const std::uint64_t id = ready_.front();
     ready_.pop_front();
     auto it = active_.find(id);

@@ -76,6 +76,9 @@ class Subscription : public PushTarget, public std::enable_shared_from_this<Subs
   void adopt(const std::shared_ptr<Stream>& s, const StreamInfo& info);
   void wake(std::uint64_t id) override;
   void renamed(std::uint64_t id, const std::string& path) override;
+  void renamed_after_end(std::uint64_t id, const std::string& path) override;
+  /// Renames after the end not yet handed to the sink (for barriers).
+  std::size_t late_renames_pending();
   /// Streams handed to this subscription and not finished.
   std::vector<std::uint64_t> active_ids();
   /// Those of them the sink has heard of or is about to (on_open is sent
@@ -111,6 +114,9 @@ class Subscription : public PushTarget, public std::enable_shared_from_this<Subs
   std::condition_variable cv_;
   std::unordered_map<std::uint64_t, Active> active_;
   std::deque<std::uint64_t> ready_;
+  // Renames of finished streams, told to the sink by a delivery thread.
+  std::deque<std::pair<std::uint64_t, std::string>> late_;
+  std::size_t late_busy_ = 0;  // being told now
   bool stopping_ = false;
   bool closed_ = false;
   std::vector<std::thread> threads_;

@@ -51,6 +51,9 @@ class Sink {
   /// until acknowledged (automatically on return, unless the subscription
   /// was made with manual acknowledgement).
   virtual void on_data(std::uint64_t id, std::uint64_t offset, std::span<const std::byte> bytes) = 0;
+  /// The stream's path changed. May also come after on_close: the process
+  /// that created the stream renamed it after its end was delivered (rsync
+  /// renames its temp file into place after closing it).
   virtual void on_rename(std::uint64_t /*id*/, const std::string& /*path*/) {}
   virtual void on_close(std::uint64_t id, const StreamEnd& end) = 0;
 };

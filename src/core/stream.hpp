@@ -95,6 +95,10 @@ class PushTarget {
   /// The stream now has this path (delivered in order with its data).
   /// Called with the volume's tree lock held: must only record it.
   virtual void renamed(std::uint64_t id, const std::string& path) = 0;
+  /// A stream this consumer finished was renamed by its creator afterwards
+  /// (rsync renames its temp file into place after closing it). Called
+  /// with the volume's tree lock held: must only record it.
+  virtual void renamed_after_end(std::uint64_t /*id*/, const std::string& /*path*/) {}
 };
 
 /// \brief One step of push delivery (see Stream::pull).

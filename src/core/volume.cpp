@@ -156,6 +156,7 @@ void Volume::push_unname(std::uint64_t id, const std::shared_ptr<Stream>& s) {
     std::lock_guard lk(tree_mu_);
     NodePtr n = find(id);
     if (n && n->linked && n->stream == s) {
+      n->told = s->push_target();  // hears of renames by the creator later on
       if (NodePtr p = find(n->parent)) retire(*p, *n, fx);
     }
   }
@@ -170,6 +171,7 @@ void Volume::push_finished(std::uint64_t id, const std::shared_ptr<Stream>& s) {
     // The name goes first, while the consumer is still attached: a stream
     // that is named and has no consumer would be offered again.
     if (n && n->linked && n->stream == s) {
+      n->told = s->push_target();  // hears of renames by the creator later on
       if (NodePtr p = find(n->parent)) retire(*p, *n, fx);
     }
     s->detach_push(fx);
@@ -538,6 +540,9 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
     for (Node* moved : streams) {
       if (!moved->linked) continue;
       std::string p = path_locked(*moved);
+      if (moved->retired) {
+        if (auto t = moved->told.lock()) t->renamed_after_end(moved->ino, p);
+      }
       // Told now, under the tree lock (Subscription::mu_ nests inside it),
       // so that no delivery thread can announce the stream under its old
       // path once the new name releases it from --hold below.

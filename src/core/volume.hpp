@@ -186,6 +186,7 @@ class Volume {
     std::int32_t creator_pid = 0;                    // streams only
     std::uint32_t creator_uid = 0;
     bool retired = false;  // fully delivered; the name waits for its creator to exit
+    std::weak_ptr<PushTarget> told;  // retired: the push consumer that finished it
     timespec created{};
   };
   using NodePtr = std::shared_ptr<Node>;

@@ -261,6 +261,11 @@ class ConsumerSink final : public core::Sink {
   Gate gate_ = Gate::waiting;
   std::unordered_map<std::uint64_t, Held> held_;
   std::unordered_set<std::uint64_t> suppressed_;  // given to us, never announced
+  // Streams closed complete on this connection, newest last (bounded): a
+  // rename by their creator afterwards is still sent as RENAMED.
+  static constexpr std::size_t kEndedKept = 4096;
+  std::unordered_set<std::uint64_t> ended_;
+  std::deque<std::uint64_t> ended_order_;
   bool once_taken_ = false;
   std::uint64_t once_id_ = 0;
 };
@@ -507,7 +512,9 @@ void ConsumerSink::on_data(std::uint64_t id, std::uint64_t offset, std::span<con
 void ConsumerSink::on_rename(std::uint64_t id, const std::string& path) {
   {
     std::lock_guard lk(mu_);
-    if (!held_.contains(id)) return;
+    // A stream closed on this connection may be renamed by its creator
+    // afterwards (rsync): RENAMED after CLOSED (docs/protocol.md).
+    if (!held_.contains(id) && !ended_.contains(id)) return;
   }
   if (!encodable_path(path)) return;
   c_.send(encode_frame(proto::Renamed{id, path}));
@@ -522,6 +529,14 @@ void ConsumerSink::on_close(std::uint64_t id, const core::StreamEnd& end) {
   bool once_end = false;
   {
     std::lock_guard lk(mu_);
+    if (end.complete) {
+      ended_.insert(id);
+      ended_order_.push_back(id);
+      if (ended_order_.size() > kEndedKept) {
+        ended_.erase(ended_order_.front());
+        ended_order_.pop_front();
+      }
+    }
     auto it = held_.find(id);
     if (it == held_.end()) return;
     bool gone = !end.complete;  // aborted: acks are ignored from now on
@@ -561,7 +576,7 @@ bool ConsumerSink::wait_announced(core::Subscription& sub, Clock::time_point dea
       auto it = held_.find(id);
       if (it == held_.end() || !it->second.announced) return false;
     }
-    return true;
+    return sub.late_renames_pending() == 0;  // renames after CLOSED are out too
   };
   // on_open notifies; a stream that ended is dropped from held_ in
   // on_close and leaves the subscription right after without telling us,

@@ -211,12 +211,10 @@ CASES: List[Case] = [
     Case("tar -czf", "tar", ["tar", "--sort=name", "-czf", "{dir}/tree.tgz", "-C", "{src}", "tree"],
          needs=["tar", "gzip"]),
     Case("tar -xf", "tar", ["tar", "-xf", "{src}/tree.tar", "-C", "{dir}"]),
-    # rsync writes .NAME.XXXXXX, closes it, then renames it into place. A
-    # live consumer that took the bytes before the rename has the temp name
-    # (the rename after the end is not told), so live runs use --inplace;
-    # read after the tool, the default works.
-    Case("rsync -a file", "rsync", ["rsync", "-a", "{src}/big.bin", "{dir}/big.bin"], modes=("after",)),
-    Case("rsync -a tree", "rsync", ["rsync", "-a", "{src}/tree/", "{dir}/tree/"], modes=("after",)),
+    # rsync writes .NAME.XXXXXX, closes it, then renames it into place: a
+    # live consumer that had it all gets RENAMED after CLOSED.
+    Case("rsync -a file", "rsync", ["rsync", "-a", "{src}/big.bin", "{dir}/big.bin"]),
+    Case("rsync -a tree", "rsync", ["rsync", "-a", "{src}/tree/", "{dir}/tree/"]),
     Case("rsync -a --inplace file", "rsync", ["rsync", "-a", "--inplace", "{src}/big.bin", "{dir}/big.bin"]),
     Case("rsync -a --inplace tree", "rsync", ["rsync", "-a", "--inplace", "{src}/tree/", "{dir}/tree/"]),
     Case("sort -o", "sort", ["sort", "-o", "{dir}/sorted.txt", "{src}/text.txt"]),

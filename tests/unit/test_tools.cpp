@@ -216,6 +216,40 @@ TEST(Tools, AFileRenamedBeforeAnyByteWasDeliveredArrivesUnderItsFinalName) {
   sub->close();
 }
 
+TEST(Tools, ARenameByTheCreatorAfterDeliveryIsToldAfterTheEnd) {
+  // rsync: write the temp file, close it, rename it into place. The
+  // consumer may have had it all, end included, before the rename.
+  auto exits = std::make_shared<FakeExits>();
+  Policy p;
+  p.exits = exits;
+  Volume v(Limits{}, p);
+  auto rec = std::make_shared<Recorder>();
+  auto sub = v.subscribe(core::glob_filter({}), rec, one_thread());
+  auto w = tool_writer(v, ".big.bin.Xy12Ab");
+  ASSERT_TRUE(write_now(v, *w, 0, "payload").ok());
+  v.release(std::move(w));
+  ASSERT_TRUE(rec->wait_closed(1));
+  // The creator still sees the name, and renames it.
+  EXPECT_EQ(v.lookup(kRootIno, ".big.bin.Xy12Ab", kToolPid)->size, 7u);
+  EXPECT_EQ(v.lookup(kRootIno, ".big.bin.Xy12Ab").error(), ENOENT);  // nobody else does
+  ASSERT_TRUE(v.rename(kRootIno, ".big.bin.Xy12Ab", kRootIno, "big.bin", 0).ok());
+  barrier(v, *rec, 2);  // one delivery thread: the late rename was told before
+  const auto seen = rec->seen();
+  bool found = false;
+  for (const auto& [id, s] : seen) {
+    if (s.info.path != ".big.bin.Xy12Ab") continue;
+    found = true;
+    EXPECT_TRUE(s.end.complete);
+    EXPECT_EQ(s.bytes, "payload");
+    EXPECT_EQ(s.renames, std::vector<std::string>{"big.bin"});
+  }
+  EXPECT_TRUE(found);
+  EXPECT_EQ(sub->late_renames_pending(), 0u);
+  exits->exit(kToolPid);
+  EXPECT_EQ(v.lookup(kRootIno, "big.bin", kToolPid).error(), ENOENT);  // the creator is gone
+  sub->close();
+}
+
 TEST(Tools, AFileUnlinkedBeforeAnyByteWasDeliveredIsNeverAnnounced) {
   Volume v(Limits{}, hold({"*.lock"}));
   auto rec = std::make_shared<Recorder>();

@@ -118,6 +118,8 @@ struct Callbacks {
   std::function<void(const Chunk&)> on_data;
   /// The chunk is done when `ack` is called (possibly later, elsewhere).
   std::function<void(const Chunk&, Ack ack)> on_data_async;
+  /// The stream was renamed. Also after on_close, when the process that
+  /// created it renames it once it was delivered (rsync's temp file).
   std::function<void(std::uint64_t id, const std::string& new_path)> on_rename;
   std::function<void(const StreamClose&)> on_close;
 };
