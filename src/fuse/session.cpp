@@ -4,6 +4,8 @@
 
 #include <sys/stat.h>
 
+#include <csignal>
+
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -37,6 +39,18 @@ struct Session::Impl {
   }
 };
 
+namespace {
+// The signals libfuse's handlers stop the daemon on.
+sigset_t stop_signals() {
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGINT);
+  sigaddset(&s, SIGTERM);
+  sigaddset(&s, SIGHUP);
+  return s;
+}
+}  // namespace
+
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Session::~Session() = default;
 
@@ -63,6 +77,14 @@ std::unique_ptr<Session> Session::mount(core::Volume& vol, const SessionOptions&
     return nullptr;
   }
   if (opt.handle_signals) {
+    // libfuse's handlers only set the exit flag; the loop notices it when
+    // its main thread's wait is interrupted. A SIGTERM delivered to any
+    // other thread (socket server, delivery, exit watch: all started after
+    // this, from this thread) would leave the daemon running until the next
+    // request. So they block these signals (inherited), and serve()
+    // unblocks them on the thread that runs the loop.
+    const sigset_t stop = stop_signals();
+    pthread_sigmask(SIG_BLOCK, &stop, nullptr);
     if (fuse_set_signal_handlers(impl->se) != 0) {
       *error = "cannot install signal handlers";
       return nullptr;
@@ -92,6 +114,10 @@ void Session::stop() {
 }
 
 int Session::serve() {
+  if (impl_->signals) {
+    const sigset_t stop = stop_signals();
+    pthread_sigmask(SIG_UNBLOCK, &stop, nullptr);
+  }
   fuse_loop_config* cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_max_threads(cfg, impl_->max_threads);
   const int rc = fuse_session_loop_mt(impl_->se, cfg);
