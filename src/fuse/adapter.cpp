@@ -33,6 +33,11 @@
 
 namespace capturefs::fuse {
 
+struct Adapter::DirHandle {
+  std::vector<core::DirEntry> entries;
+  fuse_ino_t self = 0;
+};
+
 using core::Errno;
 using core::Result;
 
@@ -360,10 +365,7 @@ void op_release(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
 }
 
 // ---- Directories ----------------------------------------------------------------
-struct DirHandle {
-  std::vector<core::DirEntry> entries;
-  fuse_ino_t self = 0;
-};
+using DirHandle = Adapter::DirHandle;
 
 void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   checked(req, "opendir", [&](Reply& r) {
@@ -373,8 +375,9 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     auto d = std::make_unique<DirHandle>();
     d->entries = std::move(l.value());
     d->self = ino;
-    fi->fh = reinterpret_cast<std::uintptr_t>(d.release());
-    if (!r.open(*fi)) delete reinterpret_cast<DirHandle*>(static_cast<std::uintptr_t>(fi->fh));
+    DirHandle* h = self(req).adopt_dir(std::move(d));
+    fi->fh = reinterpret_cast<std::uintptr_t>(h);
+    if (!r.open(*fi)) self(req).release_dir(h);
   });
 }
 
@@ -407,7 +410,7 @@ void op_readdir(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse
 }
 
 void op_releasedir(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
-  delete reinterpret_cast<DirHandle*>(static_cast<std::uintptr_t>(fi->fh));
+  self(req).release_dir(reinterpret_cast<DirHandle*>(static_cast<std::uintptr_t>(fi->fh)));
   fuse_reply_err(req, 0);
 }
 
@@ -437,6 +440,24 @@ Adapter::~Adapter() {
   for (core::Handle* h : handles_) {
     if (h->role == core::Role::Writer) vol_.abort(*h, "unmounted while a writer had it open");
     vol_.release(std::unique_ptr<core::Handle>(h));
+  }
+}
+
+Adapter::Adapter(core::Volume& v) : vol_(v) {}
+
+Adapter::DirHandle* Adapter::adopt_dir(std::unique_ptr<DirHandle> d) {
+  std::lock_guard lk(handles_mu_);
+  DirHandle* p = d.get();
+  dirs_.emplace(p, std::move(d));
+  return p;
+}
+
+void Adapter::release_dir(DirHandle* d) {
+  std::unique_ptr<DirHandle> gone;  // freed after the lock is released
+  std::lock_guard lk(handles_mu_);
+  if (auto it = dirs_.find(d); it != dirs_.end()) {
+    gone = std::move(it->second);
+    dirs_.erase(it);
   }
 }
 

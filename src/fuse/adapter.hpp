@@ -10,6 +10,7 @@
 
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "core/volume.hpp"
@@ -18,7 +19,7 @@ namespace capturefs::fuse {
 
 class Adapter {
  public:
-  explicit Adapter(core::Volume& v) : vol_(v) {}
+  explicit Adapter(core::Volume& v);
   /// Releases the handles the kernel never released (unmount while files
   /// were open), so their streams are freed.
   ~Adapter();
@@ -35,11 +36,18 @@ class Adapter {
   /// \brief Gives ownership back, at release.
   std::unique_ptr<core::Handle> disown(core::Handle* h);
 
+  /// \brief An open directory (a listing taken at opendir).
+  struct DirHandle;
+  /// \brief Keeps an open directory until release_dir() or teardown.
+  DirHandle* adopt_dir(std::unique_ptr<DirHandle> d);
+  void release_dir(DirHandle* d);
+
  private:
   core::Volume& vol_;
   // Leaf lock: held only to insert or erase, never across a Volume call.
   std::mutex handles_mu_;
   std::unordered_set<core::Handle*> handles_;
+  std::unordered_map<DirHandle*, std::unique_ptr<DirHandle>> dirs_;  // same lock
 };
 
 }  // namespace capturefs::fuse
