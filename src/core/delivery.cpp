@@ -55,7 +55,15 @@ void Subscription::adopt(const std::shared_ptr<Stream>& s, const StreamInfo& inf
 void Subscription::renamed(std::uint64_t id, const std::string& path) {
   std::lock_guard lk(mu_);
   auto it = active_.find(id);
-  if (it == active_.end()) return;
+  if (it == active_.end()) {
+    // Finished a moment ago (finish() ran, the volume has not retired it
+    // yet): told after the end, like any later rename.
+    if (!stopping_) {
+      late_.emplace_back(id, path);
+      cv_.notify_one();
+    }
+    return;
+  }
   it->second.renames.push_back(path);
   it->second.info.path = path;
   if (!it->second.queued) {
@@ -74,7 +82,9 @@ void Subscription::renamed_after_end(std::uint64_t id, const std::string& path) 
 
 std::size_t Subscription::late_renames_pending() {
   std::lock_guard lk(mu_);
-  return late_.size() + late_busy_;
+  std::size_t n = late_.size() + late_busy_;
+  for (const auto& [id, a] : active_) n += a.opened ? a.renames.size() : 0;
+  return n;
 }
 
 void Subscription::wake(std::uint64_t id) {
@@ -171,6 +181,7 @@ std::vector<std::string> Subscription::take_renames(std::uint64_t id) {
   std::vector<std::string> out;
   std::lock_guard lk(mu_);
   if (auto it = active_.find(id); it != active_.end()) out.swap(it->second.renames);
+  late_busy_ += out.size();  // still "pending" for barriers until told
   return out;
 }
 
@@ -197,8 +208,14 @@ void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, b
   // Serve a bounded number of chunks, then let other streams have a turn.
   for (int i = 0; i < 16; ++i) {
     // Renames are told between chunks, as soon as this thread sees them.
-    if (opened)
-      for (const auto& path : take_renames(id)) guarded("rename", [&] { sink_->on_rename(id, path); });
+    if (opened) {
+      const std::vector<std::string> renames = take_renames(id);
+      for (const auto& path : renames) guarded("rename", [&] { sink_->on_rename(id, path); });
+      if (!renames.empty()) {
+        std::lock_guard lk(mu_);
+        late_busy_ -= renames.size();
+      }
+    }
     Pull p = s->pull(opt_.chunk);
     if (p.kind == Pull::Kind::Nothing) return;
     if (p.kind == Pull::Kind::Closed && p.discarded && !opened) {
@@ -261,6 +278,12 @@ void Subscription::finish(std::uint64_t id, const std::shared_ptr<Stream>& s) {
     std::lock_guard lk(mu_);
     auto it = active_.find(id);
     if (it == active_.end() || it->second.stream != s) return;
+    // Renames not told yet (made after the end was pulled) are told after
+    // the end, like renames of a finished stream.
+    if (it->second.opened) {
+      for (auto& path : it->second.renames) late_.emplace_back(id, std::move(path));
+      if (!it->second.renames.empty()) cv_.notify_one();
+    }
     active_.erase(it);
   }
   vol_.push_finished(id, s);

@@ -77,7 +77,8 @@ class Subscription : public PushTarget, public std::enable_shared_from_this<Subs
   void wake(std::uint64_t id) override;
   void renamed(std::uint64_t id, const std::string& path) override;
   void renamed_after_end(std::uint64_t id, const std::string& path) override;
-  /// Renames after the end not yet handed to the sink (for barriers).
+  /// Renames of opened streams not yet handed to the sink, after the end
+  /// or not (for barriers).
   std::size_t late_renames_pending();
   /// Streams handed to this subscription and not finished.
   std::vector<std::uint64_t> active_ids();
