@@ -116,11 +116,13 @@ Stream::~Stream() {
   if (!spill_.empty()) (void)spill_store_->budget().release(spill_.size());
 }
 
-void Stream::add_writer() {
+bool Stream::add_writer() {
   std::lock_guard lk(mu_);
+  if (close_sent_) return false;
   ++writers_;
   linger_ = false;  // the same stream continues
   eof_seen_ = false;
+  return true;
 }
 
 void Stream::end_linger(Effects& fx) {

@@ -131,7 +131,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
 
   /// \brief Registers a writer; a writer arriving after the consumer saw
   /// EOF reopens the stream.
-  void add_writer();
+  /// Returns false, adding nothing, if a push consumer was already handed
+  /// the end (the bytes would reach nobody): checked and done atomically.
+  [[nodiscard]] bool add_writer();
   /// \brief Attaches a push consumer (EBUSY if the stream has a consumer).
   /// It is woken through `target` whenever there is something to pull.
   /// Returns the offset its first byte will have.

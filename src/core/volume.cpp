@@ -617,6 +617,14 @@ Result<Volume::Created> Volume::create(Ino parent, std::string_view name, std::u
       notify(fx, [info = info_of(*n)](Observer& o) { o.created(info); });
     }
     auto h = attach(*n, flags, fx);
+    if (!h && h.error() == ESTALE) {
+      // Its end went out between the check above and now: the name was
+      // dropped, so this create makes the new stream after all.
+      n = add_node(**d, name, Kind::Stream, mode, who);
+      apply_hold(*n, fx);
+      notify(fx, [info = info_of(*n)](Observer& o) { o.created(info); });
+      h = attach(*n, flags, fx);
+    }
     if (!h) return Errno{h.error()};
     ++n->nlookup;
     out = Created{attr_of(*n), std::move(h.value())};
@@ -642,7 +650,13 @@ Result<std::unique_ptr<Handle>> Volume::attach(Node& n, int flags, Effects& fx) 
     else if (st.error() == EBUSY) h->passive = true;  // reads get EBUSY
     else return Errno{st.error()};
   } else {
-    n.stream->add_writer();  // before assign(): a writerless stream reads as ended
+    // Before assign(): a writerless stream reads as ended. A stream whose end
+    // a push consumer took meanwhile (after drop_if_ended looked) is not
+    // joined: its name goes and the caller gets ESTALE, as in open().
+    if (!n.stream->add_writer()) {
+      if (NodePtr p = find(n.parent); p && n.linked) detach(*p, n, fx, true);
+      return Errno{ESTALE};
+    }
     if (!n.stream->has_consumer()) assign(n, fx);
   }
   return h;
