@@ -150,15 +150,19 @@ void Volume::offer_waiting(Effects& fx) {
   for (const auto& n : waiting) assign(*n, fx);
 }
 
+void Volume::retire_pushed(std::uint64_t id, const std::shared_ptr<Stream>& s, Effects& fx) {
+  NodePtr n = find(id);
+  if (n && n->linked && n->stream == s) {
+    n->told = s->push_target();  // hears of renames by the creator later on
+    if (NodePtr p = find(n->parent)) retire(*p, *n, fx);
+  }
+}
+
 void Volume::push_unname(std::uint64_t id, const std::shared_ptr<Stream>& s) {
   Effects fx;
   {
     std::lock_guard lk(tree_mu_);
-    NodePtr n = find(id);
-    if (n && n->linked && n->stream == s) {
-      n->told = s->push_target();  // hears of renames by the creator later on
-      if (NodePtr p = find(n->parent)) retire(*p, *n, fx);
-    }
+    retire_pushed(id, s, fx);
   }
   settle(std::move(fx));
 }
@@ -167,13 +171,9 @@ void Volume::push_finished(std::uint64_t id, const std::shared_ptr<Stream>& s) {
   Effects fx;
   {
     std::lock_guard lk(tree_mu_);
-    NodePtr n = find(id);
     // The name goes first, while the consumer is still attached: a stream
     // that is named and has no consumer would be offered again.
-    if (n && n->linked && n->stream == s) {
-      n->told = s->push_target();  // hears of renames by the creator later on
-      if (NodePtr p = find(n->parent)) retire(*p, *n, fx);
-    }
+    retire_pushed(id, s, fx);
     s->detach_push(fx);
     // A subscription with a limit on active streams may take more now.
     offer_waiting(fx);
@@ -540,13 +540,16 @@ Status Volume::rename(Ino parent, std::string_view name, Ino newparent, std::str
     for (Node* moved : streams) {
       if (!moved->linked) continue;
       std::string p = path_locked(*moved);
-      if (moved->retired) {
-        if (auto t = moved->told.lock()) t->renamed_after_end(moved->ino, p);
-      }
       // Told now, under the tree lock (Subscription::mu_ nests inside it),
       // so that no delivery thread can announce the stream under its old
-      // path once the new name releases it from --hold below.
-      if (auto t = moved->stream->push_target()) t->renamed(moved->ino, p);
+      // path once the new name releases it from --hold below. Once the
+      // consumer has let go of a delivered stream, the consumer that had it
+      // hears of the rename after the end (exactly once: one path or other).
+      if (auto t = moved->stream->push_target()) {
+        t->renamed(moved->ino, p);
+      } else if (moved->retired) {
+        if (auto t2 = moved->told.lock()) t2->renamed_after_end(moved->ino, p);
+      }
       notify(fx, [id = moved->ino, p](Observer& o) { o.renamed(id, p); });
     }
     // --hold follows the new name; after the rename notices, so that a

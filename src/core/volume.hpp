@@ -205,6 +205,9 @@ class Volume {
   // creating process has exited (see retire() in volume.cpp).
   void retire(Node& parent, Node& n, Effects& fx);
   void creator_exited(Ino ino, const std::weak_ptr<Stream>& s);
+  // Stream `id` (still s) was delivered to its push consumer: retire() it,
+  // remembering that consumer for renames after the end. Tree lock held.
+  void retire_pushed(std::uint64_t id, const std::shared_ptr<Stream>& s, Effects& fx);
   // A stream a new writer must not join (its end went out): true after
   // detaching it.
   bool drop_if_ended(Node& n, Effects& fx);

@@ -19,6 +19,7 @@ using core::ExitWatch;
 using core::Kind;
 using core::Policy;
 using core::SetAttr;
+using core::Subscription;
 using core::SubscriptionOptions;
 
 constexpr std::int32_t kToolPid = 4242;  // a writer process that is not us
@@ -76,6 +77,23 @@ SubscriptionOptions one_thread() {
   o.threads = 1;
   return o;
 }
+
+// A volume whose creating processes exit when the test says so, and a
+// recorder to subscribe with (one delivery thread).
+class ToolsWithExits : public ::testing::Test {
+ protected:
+  static Policy exits_policy(std::shared_ptr<FakeExits> e) {
+    Policy p;
+    p.exits = std::move(e);
+    return p;
+  }
+  std::shared_ptr<Subscription> subscribe() {
+    return v.subscribe(core::glob_filter({}), rec, one_thread());
+  }
+  std::shared_ptr<FakeExits> exits = std::make_shared<FakeExits>();
+  Volume v{Limits{}, exits_policy(exits)};
+  std::shared_ptr<Recorder> rec = std::make_shared<Recorder>();
+};
 
 // Writes "barrier" as a new stream and waits until the recorder has closed
 // `closed` streams in all (including it).
@@ -216,15 +234,10 @@ TEST(Tools, AFileRenamedBeforeAnyByteWasDeliveredArrivesUnderItsFinalName) {
   sub->close();
 }
 
-TEST(Tools, ARenameByTheCreatorAfterDeliveryIsToldAfterTheEnd) {
+TEST_F(ToolsWithExits, ARenameByTheCreatorAfterDeliveryIsToldAfterTheEnd) {
   // rsync: write the temp file, close it, rename it into place. The
   // consumer may have had it all, end included, before the rename.
-  auto exits = std::make_shared<FakeExits>();
-  Policy p;
-  p.exits = exits;
-  Volume v(Limits{}, p);
-  auto rec = std::make_shared<Recorder>();
-  auto sub = v.subscribe(core::glob_filter({}), rec, one_thread());
+  auto sub = subscribe();
   auto w = tool_writer(v, ".big.bin.Xy12Ab");
   ASSERT_TRUE(write_now(v, *w, 0, "payload").ok());
   v.release(std::move(w));
@@ -297,13 +310,8 @@ TEST(Tools, SymlinksLiveInTheTreeAndAreNeverDelivered) {
 
 // ---- Created empty, reopened later ------------------------------------------------
 
-TEST(Tools, AFileClosedEmptyAndReopenedByItsCreatorIsOneStream) {
-  auto exits = std::make_shared<FakeExits>();
-  Policy p;
-  p.exits = exits;
-  Volume v(Limits{}, p);
-  auto rec = std::make_shared<Recorder>();
-  auto sub = v.subscribe(core::glob_filter({}), rec, one_thread());
+TEST_F(ToolsWithExits, AFileClosedEmptyAndReopenedByItsCreatorIsOneStream) {
+  auto sub = subscribe();
   auto probe = tool_writer(v, "out.zip", O_WRONLY | O_EXCL);  // zip's probe
   const Ino ino = probe->ino;
   v.release(std::move(probe));
@@ -325,13 +333,8 @@ TEST(Tools, AFileClosedEmptyAndReopenedByItsCreatorIsOneStream) {
   sub->close();
 }
 
-TEST(Tools, AFileClosedEmptyEndsWhenItsCreatorExits) {
-  auto exits = std::make_shared<FakeExits>();
-  Policy p;
-  p.exits = exits;
-  Volume v(Limits{}, p);
-  auto rec = std::make_shared<Recorder>();
-  auto sub = v.subscribe(core::glob_filter({}), rec, one_thread());
+TEST_F(ToolsWithExits, AFileClosedEmptyEndsWhenItsCreatorExits) {
+  auto sub = subscribe();
   v.release(tool_writer(v, "empty.txt"));
   barrier(v, *rec, 1);
   EXPECT_EQ(rec->opened(), 1u);
@@ -353,11 +356,7 @@ TEST(Tools, AFileClosedEmptyEndsWhenItsCreatorExits) {
   sub->close();
 }
 
-TEST(Tools, AReaderIsNotHeldBackByAnEmptyFilesCreator) {
-  auto exits = std::make_shared<FakeExits>();
-  Policy p;
-  p.exits = exits;
-  Volume v(Limits{}, p);
+TEST_F(ToolsWithExits, AReaderIsNotHeldBackByAnEmptyFilesCreator) {
   v.release(tool_writer(v, "empty"));
   auto r = reader(v, "empty");
   EXPECT_EQ(read_now(v, r, 10).value(), "");  // EOF at once, as with a FIFO
