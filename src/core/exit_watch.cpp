@@ -11,6 +11,7 @@
 #include <cstring>
 #include <condition_variable>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -57,20 +58,29 @@ class PidfdExitWatch final : public ExitWatch {
     }
     forget(drop);
     std::unique_lock lk(mu_);
-    idle_.wait(lk, [&] { return running_ == 0; });
+    idle_.wait(lk, [&] { return running_.empty(); });
   }
 
   void poll_now() override {
     std::vector<pollfd> fds;
+    std::uint64_t before = 0;
     {
       std::lock_guard lk(mu_);
+      before = next_seq_;
       for (const auto& [fd, cb] : watched_) fds.push_back(pollfd{fd, POLLIN, 0});
     }
-    if (fds.empty() || ::poll(fds.data(), fds.size(), 0) <= 0) return;  // no lock held
-    std::vector<int> ready;
-    for (const pollfd& p : fds)
-      if ((p.revents & POLLIN) != 0) ready.push_back(p.fd);
-    call_due(ready);
+    if (!fds.empty() && ::poll(fds.data(), fds.size(), 0) > 0) {  // no lock held
+      std::vector<int> ready;
+      for (const pollfd& p : fds)
+        if ((p.revents & POLLIN) != 0) ready.push_back(p.fd);
+      call_due(ready);
+    }
+    // The watcher thread may have taken an exit before us and be calling
+    // its callback now: the caller must see that one's consequences too
+    // (a STATUS reply must not show an empty file whose creator is gone as
+    // live). Later callbacks are not waited for.
+    std::unique_lock lk(mu_);
+    idle_.wait(lk, [&] { return running_.empty() || *running_.begin() >= before; });
   }
 
   bool watch(std::int32_t pid, std::function<void()> on_exit) override {
@@ -117,24 +127,28 @@ class PidfdExitWatch final : public ExitWatch {
   // Calls the callbacks of the pidfds in `ready` that are still watched
   // (another thread may have taken some), each once, with no lock held.
   void call_due(const std::vector<int>& ready) {
-    std::vector<std::function<void()>> due;
+    std::vector<std::pair<std::uint64_t, std::function<void()>>> due;
     std::vector<int> drop;
     {
       std::lock_guard lk(mu_);
       for (const int fd : ready) {
         auto it = watched_.find(fd);
         if (it == watched_.end()) continue;
-        due.push_back(std::move(it->second));
+        const std::uint64_t seq = next_seq_++;
+        due.emplace_back(seq, std::move(it->second));
+        running_.insert(seq);
         watched_.erase(it);
         drop.push_back(fd);
       }
-      running_ += due.size();
     }
     forget(drop);
-    for (auto& f : due) {
+    for (auto& [seq, f] : due) {
       f();
-      std::lock_guard lk(mu_);
-      if (--running_ == 0) idle_.notify_all();
+      {
+        std::lock_guard lk(mu_);
+        running_.erase(seq);
+      }
+      idle_.notify_all();
     }
   }
 
@@ -174,11 +188,12 @@ class PidfdExitWatch final : public ExitWatch {
     }
   }
 
-  // Lock order: a leaf. Guards watched_ and running_; never held across a
-  // syscall, a callback or a wait.
+  // Lock order: a leaf. Guards watched_, running_ and next_seq_; never held
+  // across a syscall or a callback (only idle_ waits release it).
   std::mutex mu_;
-  std::condition_variable idle_;  // running_ fell to 0
-  std::size_t running_ = 0;       // callbacks being called now
+  std::condition_variable idle_;      // a callback returned
+  std::set<std::uint64_t> running_;   // callbacks taken and not yet returned, by take order
+  std::uint64_t next_seq_ = 0;        // take order of the next callback
   std::once_flag start_once_;
   bool started_ = false;  // written once, inside start_once_
   std::atomic<bool> warned_{false};  // ENOSYS logged once

@@ -23,7 +23,8 @@ class ExitWatch {
   virtual void clear() = 0;
   /// \brief Runs, in the calling thread, the callbacks of processes that
   /// have exited by now, so that a caller who knows a process is gone (it
-  /// reaped it) sees the consequences before it goes on.
+  /// reaped it) sees the consequences before it goes on. Also waits for
+  /// callbacks another thread began before this call. Not from a callback.
   virtual void poll_now() {}
 };
 

@@ -200,7 +200,14 @@ class CaptureTest(MountCase):
                                             % (w, i, rc, cap.written, cap.complete,
                                                -1 if cap.data is None else len(cap.data), len(want)))
 
-        threads = [threading.Thread(target=worker, args=(w,)) for w in range(16)]
+        def guarded(w):
+            try:
+                worker(w)
+            except Exception as e:  # a thread's exception would otherwise only be printed
+                with lock:
+                    failures.append("worker %d: %s: %s" % (w, type(e).__name__, e))
+
+        threads = [threading.Thread(target=guarded, args=(w,)) for w in range(16)]
         for t in threads:
             t.start()
         for t in threads:
