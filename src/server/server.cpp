@@ -17,6 +17,7 @@
 #include <cstring>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -234,6 +235,7 @@ class ConsumerSink final : public core::Sink {
   enum class Gate { waiting, open, cancelled };
   struct Held {
     std::uint64_t sent = 0;   // end of the last DATA handed to the socket
+    std::uint64_t wired = 0;  // end of the last DATA written whole to the socket
     std::uint64_t acked = 0;  // highest ACK (starts at OPENED's offset)
     bool announced = false;   // OPENED written
     bool closed = false;      // CLOSED (complete) written
@@ -254,8 +256,10 @@ class ConsumerSink final : public core::Sink {
 
   Conn& c_;
   const bool once_;
-  // Leaf, except that wait_announced calls Subscription::due_ids (which
-  // takes Subscription::mu_, then Stream::mu_ of each unopened stream).
+  // Lock order: Conn::wmu_ before this (a DATA's `wired` is moved under
+  // both, and teardown reads it under both). wait_announced calls
+  // Subscription::due_ids under it (Subscription::mu_, then Stream::mu_ of
+  // each unopened stream).
   std::mutex mu_;
   std::condition_variable cv_;
   Gate gate_ = Gate::waiting;
@@ -362,8 +366,10 @@ class Conn : public std::enable_shared_from_this<Conn> {
 
   /// Writes a whole frame (and `payload` after it) under the write mutex.
   /// False if the connection is closing or broken. `force`: also while
-  /// dying (the last words: CLOSED "shutdown", ERROR).
-  bool send(std::span<const std::byte> frame, std::span<const std::byte> payload = {}, bool force = false);
+  /// dying (the last words: CLOSED "shutdown", ERROR). `written` runs under
+  /// the write mutex once the frame is out whole.
+  bool send(std::span<const std::byte> frame, std::span<const std::byte> payload = {}, bool force = false,
+            const std::function<void()>& written = {});
 
 
  private:
@@ -476,7 +482,7 @@ void ConsumerSink::on_open(const core::StreamInfo& info) {
     once_taken_ = true;
     once_id_ = info.id;
     Held& h = held_[info.id];
-    h.sent = h.acked = info.start_offset;
+    h.sent = h.acked = h.wired = info.start_offset;
   }
   const Bytes b = encode_frame(opened_of(info, info.start_offset));
   c_.send(b);
@@ -500,9 +506,14 @@ void ConsumerSink::on_data(std::uint64_t id, std::uint64_t offset, std::span<con
     return;
   }
   // `sent` moved first, so that an ACK racing the send is never "beyond";
-  // a DATA the closing connection refused was not sent after all (the total
-  // in a shutdown CLOSED is what the client got).
-  if (!c_.send(head, bytes)) {
+  // a DATA the closing connection refused was not sent after all. `wired`
+  // moves once the frame is out: a shutdown CLOSED says what the client got.
+  const std::uint64_t end = offset + bytes.size();
+  const auto wired = [&] {  // under Conn::wmu_: a shutdown CLOSED after this counts it
+    std::lock_guard lk(mu_);
+    if (auto it = held_.find(id); it != held_.end()) it->second.wired = end;
+  };
+  if (!c_.send(head, bytes, /*force=*/false, wired)) {
     std::lock_guard lk(mu_);
     auto it = held_.find(id);
     if (it != held_.end() && it->second.sent == offset + bytes.size()) it->second.sent = offset;
@@ -592,7 +603,7 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> ConsumerSink::unclosed() {
   std::lock_guard lk(mu_);
   std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
   for (const auto& [id, h] : held_)
-    if (h.announced && !h.closed) out.emplace_back(id, h.sent);
+    if (h.announced && !h.closed) out.emplace_back(id, h.wired);
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -710,7 +721,8 @@ bool Conn::write_locked(iovec* iov, int n) {
   return true;
 }
 
-bool Conn::send(std::span<const std::byte> frame, std::span<const std::byte> payload, bool force) {
+bool Conn::send(std::span<const std::byte> frame, std::span<const std::byte> payload, bool force,
+                const std::function<void()>& written) {
   if (frame.empty()) return false;
   if (!force && dying()) return false;
   std::lock_guard lk(wmu_);
@@ -721,6 +733,7 @@ bool Conn::send(std::span<const std::byte> frame, std::span<const std::byte> pay
     broken_ = true;  // possibly cut inside a frame: nothing may follow
     return false;
   }
+  if (written) written();
   return true;
 }
 
@@ -1028,11 +1041,16 @@ void Conn::teardown(const std::optional<proto::Error>& err, bool shutdown) {
     obs_->stop();
     if (obs_thread_.joinable()) obs_thread_.join();
   }
-  // The last words: nothing else writes any more.
+  // The last words. A delivery thread may still be finishing a DATA (its
+  // write holds wmu_): the totals are read under wmu_, so each is exactly
+  // the bytes the client was sent before its CLOSED.
   if (shutdown && sink_) {
-    for (const auto& [id, sent] : sink_->unclosed()) {
-      proto::Closed c{id, sent, proto::CloseStatus::aborted, "shutdown"};
-      send(encode_frame(c), {}, /*force=*/true);
+    std::lock_guard lk(wmu_);
+    for (const auto& [id, wired] : sink_->unclosed()) {
+      if (broken_) break;
+      const Bytes b = encode_frame(proto::Closed{id, wired, proto::CloseStatus::aborted, "shutdown"});
+      iovec iov{const_cast<std::byte*>(b.data()), b.size()};
+      if (!write_locked(&iov, 1)) broken_ = true;
     }
   }
   if (err) {

@@ -673,7 +673,7 @@ TEST(Faults, SigtermUnderLoadEndsStreamsWithShutdownAndExitsZero) {
     EXPECT_TRUE(s->closed) << n;
     EXPECT_EQ(s->status, "aborted") << n;
     EXPECT_EQ(s->reason, "shutdown") << n;
-    // (CLOSED's `total`: see SigtermClosedTotalIsTheBytesSent.)
+    EXPECT_EQ(s->total, s->start + s->received) << n << ": CLOSED's total is not the bytes sent";
     EXPECT_EQ(s->bad, 0) << n;
     EXPECT_LT(s->received, size) << n;
     EXPECT_EQ(s->sha, sha256_of_data(read_file(src[n]).substr(0, s->received))) << n << ": not a prefix of the input";
@@ -723,13 +723,6 @@ TEST(Faults, SigtermClosedTotalIsTheBytesSent) {
   EXPECT_EQ(s->status, "aborted");
   EXPECT_EQ(s->reason, "shutdown");
   EXPECT_EQ(s->sha, sha256_of_data(read_file(src).substr(s->start, s->received)));
-  if (s->total != s->start + s->received) {
-    GTEST_SKIP() << "KNOWN BUG (src/server/server.cpp, not fixed on this branch): CLOSED \"shutdown\" says total "
-                 << s->total << " but only " << s->start + s->received
-                 << " bytes were sent. ConsumerSink::on_data sets Held::sent = offset + size before Conn::send(), "
-                    "which refuses DATA once the connection is dying (Server::stop -> begin_dying), so chunks "
-                    "never sent are counted; teardown() then reports Held::sent as the CLOSED total.";
-  }
   EXPECT_EQ(s->total, s->start + s->received);
 }
 
