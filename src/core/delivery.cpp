@@ -109,13 +109,26 @@ std::vector<std::uint64_t> Subscription::due_ids() {
   {
     std::lock_guard lk(mu_);
     for (const auto& [id, a] : active_) {
-      if (a.opened) ids.push_back(id);
+      if (a.opened || a.announce) ids.push_back(id);
       else unopened.emplace_back(id, a.stream);
     }
   }
   for (const auto& [id, s] : unopened)
     if (s->has_news()) ids.push_back(id);
   return ids;
+}
+
+void Subscription::announce_all() {
+  std::lock_guard lk(mu_);
+  for (auto& [id, a] : active_) {
+    if (a.opened || a.announce) continue;
+    a.announce = true;
+    if (!a.queued) {
+      a.queued = true;
+      ready_.push_back(id);
+    }
+  }
+  cv_.notify_all();
 }
 
 void Subscription::run() {
@@ -150,10 +163,11 @@ void Subscription::run() {
     a.busy = true;
     const std::shared_ptr<Stream> s = a.stream;
     const bool opened = a.opened;
+    const bool announce = a.announce;
     const StreamInfo info = a.info;
     lk.unlock();
     bool more = false;
-    deliver(id, s, opened, info, &more);
+    deliver(id, s, opened, announce, info, &more);
     lk.lock();
     it = active_.find(id);
     if (it == active_.end()) continue;  // finished
@@ -185,7 +199,7 @@ std::vector<std::string> Subscription::take_renames(std::uint64_t id) {
   return out;
 }
 
-void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, bool opened,
+void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, bool opened, bool announce,
                            const StreamInfo& info, bool* more) {
   // A sink that throws is reported, and its stream continues: the bytes were
   // handed over, and the sink decides what a failure means to it.
@@ -198,7 +212,8 @@ void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, b
   };
   // The sink hears of a stream only when it has something to say (bytes, or
   // its end), under the path it has then: a file renamed into place before
-  // any byte of it was delivered arrives under its final name.
+  // any byte of it was delivered arrives under its final name (unless a
+  // barrier asked for every stream held to be announced: announce_all).
   auto open_once = [&] {
     if (opened) return;
     const StreamInfo now = open_now(id, info);
@@ -217,7 +232,10 @@ void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, b
       }
     }
     Pull p = s->pull(opt_.chunk);
-    if (p.kind == Pull::Kind::Nothing) return;
+    if (p.kind == Pull::Kind::Nothing) {
+      if (announce) open_once();
+      return;
+    }
     if (p.kind == Pull::Kind::Closed && p.discarded && !opened) {
       finish(id, s);  // unlinked before the sink saw any of it: nothing to tell
       return;

@@ -83,9 +83,13 @@ class Subscription : public PushTarget, public std::enable_shared_from_this<Subs
   /// Streams handed to this subscription and not finished.
   std::vector<std::uint64_t> active_ids();
   /// Those of them the sink has heard of or is about to (on_open is sent
-  /// only once a stream has bytes or has ended). Takes stream locks after
-  /// mu_ is released.
+  /// only once a stream has bytes or has ended, or announce_all() asked).
+  /// Takes stream locks after mu_ is released.
   std::vector<std::uint64_t> due_ids();
+  /// Has on_open sent now for every stream held, also those with no byte
+  /// yet (a barrier: a client that saw its tool exit must learn of the
+  /// empty file the tool left, even before the kernel's RELEASE is in).
+  void announce_all();
 
  private:
   struct Active {
@@ -95,10 +99,11 @@ class Subscription : public PushTarget, public std::enable_shared_from_this<Subs
     bool busy = false;    // a thread is delivering it
     bool queued = false;  // in ready_
     bool again = false;   // woken while busy
+    bool announce = false;  // on_open now, bytes or not (announce_all)
     std::vector<std::string> renames;  // to tell the sink, in order
   };
   void run();
-  void deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, bool opened,
+  void deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, bool opened, bool announce,
                const StreamInfo& info, bool* more);
   std::vector<std::string> take_renames(std::uint64_t id);
   // Marks the stream opened and returns `info` with its current path.

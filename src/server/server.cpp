@@ -908,8 +908,10 @@ std::optional<proto::Error> Conn::on_status(const proto::StatusRequest& req) {
   // stream the subscription holds now (a client may use it as a barrier).
   // A tool the client saw exit counts as gone: its empty files have ended.
   srv_.vol.sync_exits();
-  if (sink_ && sub_ && !sub_closed_)
+  if (sink_ && sub_ && !sub_closed_) {
+    sub_->announce_all();  // also streams with no byte yet: an empty file whose RELEASE is not in
     (void)sink_->wait_announced(*sub_, Clock::now() + srv_.opt.close_grace);
+  }
   const std::vector<core::StreamStats> snap = srv_.vol.snapshot();
   std::vector<proto::StreamStatus> recs;
   recs.reserve(snap.size());

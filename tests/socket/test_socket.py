@@ -151,6 +151,17 @@ def read_line(proc, timeout=30.0):
     return line.decode()
 
 
+def eventually(get, want, timeout=20.0):
+    """Polls get() until it returns want (a failure guard bounds the wait);
+    for state the daemon reaches after an event the test cannot wait on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if value == want or time.monotonic() >= deadline:
+            return value
+        time.sleep(0.002)
+
+
 def has_line(proc):
     return b"\n" in _buffers.get(proc.stdout.fileno(), b"")
 
@@ -279,7 +290,9 @@ class SharingTest(MountCase):
                 self.assertTrue(r["complete"])
                 self.assertEqual(r["start"], 0)
                 self.assertEqual(r["sha256"], want[r["path"]], r["path"])
-            self.assertEqual(os.listdir(self.d.mnt), [])
+            # A subscriber reports a stream once CLOSED is in; its final ACK
+            # reaches the daemon a little later, and only then does the name go.
+            self.assertEqual(eventually(lambda: os.listdir(self.d.mnt), []), [])
         finally:
             for s in subs:
                 s.kill()

@@ -50,6 +50,7 @@ class Recorder : public Sink {
     Seen& s = seen_[info.id];
     s.info = info;
     s.next = info.start_offset;
+    cv_.notify_all();
   }
   void on_data(std::uint64_t id, std::uint64_t off, std::span<const std::byte> b) override {
     if (delay.count() != 0) std::this_thread::sleep_for(delay);  // a deliberately slow consumer
@@ -94,6 +95,10 @@ class Recorder : public Sink {
   std::map<std::uint64_t, Seen> seen() {
     std::lock_guard lk(mu_);
     return seen_;
+  }
+  bool wait_opened(std::size_t n, std::chrono::seconds limit = 10s) {
+    std::unique_lock lk(mu_);
+    return cv_.wait_for(lk, limit, [&] { return seen_.size() >= n; });
   }
   std::size_t opened() {
     std::lock_guard lk(mu_);

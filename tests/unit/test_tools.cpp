@@ -356,6 +356,29 @@ TEST_F(ToolsWithExits, AFileClosedEmptyEndsWhenItsCreatorExits) {
   sub->close();
 }
 
+TEST_F(ToolsWithExits, ABarrierAnnouncesAStreamWithNoByteYet) {
+  // A client saw its tool exit; the kernel's RELEASE of the tool's empty
+  // output is not in yet (the writer is still open here). STATUS asks for
+  // every held stream to be announced: the client learns the file exists.
+  auto sub = subscribe();
+  auto w = tool_writer(v, "out.tbl");
+  barrier(v, *rec, 1);
+  EXPECT_EQ(rec->opened(), 1u);  // lazy: only the barrier stream so far
+  sub->announce_all();
+  ASSERT_TRUE(rec->wait_opened(2));
+  const auto ids = sub->due_ids();
+  EXPECT_EQ(ids.size(), 1u);  // out.tbl, announced, not finished
+  v.release(std::move(w));
+  exits->exit(kToolPid);
+  ASSERT_TRUE(rec->wait_closed(2));
+  for (const auto& [id, s] : rec->seen()) {
+    if (s.info.path != "out.tbl") continue;
+    EXPECT_TRUE(s.end.complete);
+    EXPECT_EQ(s.end.total, 0u);
+  }
+  sub->close();
+}
+
 TEST_F(ToolsWithExits, AReaderIsNotHeldBackByAnEmptyFilesCreator) {
   v.release(tool_writer(v, "empty"));
   auto r = reader(v, "empty");
