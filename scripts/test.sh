@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The one test command: install the dependencies, build, and run every test
-# suite (unit, mount, compat) twice: in a normal build with -Dwerror=true, then in
-# an ASan+UBSan build.
+# suite (unit, mount, faults, compat) three times: in a normal build with
+# -Dwerror=true (plus the bench smoke check and valgrind on two mount
+# suites), in an ASan+UBSan build, and in a TSan build.
 #
-#   scripts/test.sh              both builds
+#   scripts/test.sh              all three builds
 #   scripts/test.sh --no-asan    normal build only (no ASan/UBSan, no TSan)
-#   scripts/test.sh --asan-only  sanitizer build only
+#   scripts/test.sh --asan-only  sanitizer builds only (ASan+UBSan, TSan)
 #
 # Environment: JOBS (compile jobs, default: nproc), TEST_JOBS (tests run at
 # once, default 2), MESON_TEST_ARGS (extra arguments for meson test, e.g.
@@ -13,7 +14,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 run_normal=1
@@ -219,20 +220,25 @@ if ((run_asan && !compiled)); then
   record "asan+ubsan" "SKIPPED (an earlier step failed)"
 elif ((run_asan)); then
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
-  # The million-file core test runs its full count in the normal build; the
-  # sanitizers check the same code paths on a tenth of it, in CI time.
+  # The long tests run in full in the normal build; the sanitizer builds run
+  # the same code paths on less, in CI time: a tenth of the million files,
+  # 512 MiB of the 2 GiB spill, 4 s of the 10 s soak.
   export CAPTUREFS_MILLION=100000
+  export CAPTUREFS_SPILL_TEST_SIZE=512M
+  export CAPTUREFS_SOAK_SECONDS=4
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   build_and_test "asan+ubsan" build-asan --timeout-multiplier 3 -- \
     -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
 fi
 
-# ThreadSanitizer on the core's unit tests, where the threads are: delivery
-# threads, parked operations completed from other threads. (The mount tests
-# would mostly exercise libfuse, which is not instrumented.)
+# ThreadSanitizer on the whole suite: the core's delivery threads and parked
+# operations in the unit tests, and the daemon (FUSE workers, socket
+# connections, --exec runners, the exit watch) under the mount tests.
+# libfuse itself is not instrumented; its locks are seen through the
+# pthread interceptors.
 if ((run_asan && compiled)); then
   export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
-  build_and_test "tsan" build-tsan --suite unit --timeout-multiplier 5 -- \
+  build_and_test "tsan" build-tsan --timeout-multiplier 5 -- \
     -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug
 fi
 
