@@ -269,7 +269,7 @@ void Volume::retire(Node& parent, Node& n, Effects& fx) {
   // again starts a new stream (drop_if_ended).
   if (n.retired) return;
   const std::int32_t pid = n.creator_pid;
-  if (!policy_.exits || pid <= 0 || pid == self_pid_) return detach(parent, n, fx, true);
+  if (!policy_.exits || pid <= 0 || pid == self_pid_) return let_go(parent, n, fx);
   if (n.stream && !observers_.empty()) {
     StreamEnd end;
     end.total = n.stream->attr(n.ino).size;
@@ -289,7 +289,7 @@ void Volume::creator_exited(Ino ino, const std::weak_ptr<Stream>& w) {
     NodePtr n = find(ino);
     std::shared_ptr<Stream> s = w.lock();
     if (n && s && n->linked && n->retired && n->stream == s) {
-      if (NodePtr p = find(n->parent)) detach(*p, *n, fx, true);
+      if (NodePtr p = find(n->parent)) let_go(*p, *n, fx);
     }
   }
   settle(std::move(fx));
@@ -297,8 +297,19 @@ void Volume::creator_exited(Ino ino, const std::weak_ptr<Stream>& w) {
 
 bool Volume::drop_if_ended(Node& n, Effects& fx) {
   if (!n.retired && !n.stream->end_handed_out()) return false;
-  if (NodePtr p = find(n.parent)) detach(*p, n, fx, true);
+  if (NodePtr p = find(n.parent)) let_go(*p, n, fx);
   return true;
+}
+
+void Volume::let_go(Node& parent, Node& n, Effects& fx) {
+  detach(parent, n, fx, true);
+  if (name_gone_)
+    fx.calls.emplace_back([f = name_gone_, p = parent.ino, ino = n.ino, name = n.name] { f(p, ino, name); });
+}
+
+void Volume::on_name_gone(NameGone f) {
+  std::lock_guard lk(tree_mu_);
+  name_gone_ = std::move(f);
 }
 
 void Volume::detach(Node& parent, Node& n, Effects& fx, bool delivered) {
@@ -657,7 +668,7 @@ Result<std::unique_ptr<Handle>> Volume::attach(Node& n, int flags, Effects& fx) 
     // a push consumer took meanwhile (after drop_if_ended looked) is not
     // joined: its name goes and the caller gets ESTALE, as in open().
     if (!n.stream->add_writer()) {
-      if (NodePtr p = find(n.parent); p && n.linked) detach(*p, n, fx, true);
+      if (NodePtr p = find(n.parent); p && n.linked) let_go(*p, n, fx);
       return Errno{ESTALE};
     }
     if (!n.stream->has_consumer()) assign(n, fx);

@@ -17,6 +17,7 @@
 // any of them (stream.hpp, SPILLING).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -154,6 +155,14 @@ class Volume {
   /// \brief Every live stream that has a name, oldest first.
   std::vector<StreamStats> snapshot();
 
+  /// \brief Called when the volume removes a name on its own (a delivered
+  /// stream's name going), not for unlink, rmdir or rename: the kernel may
+  /// still cache that name, and the node stays until it forgets it. Called
+  /// from any thread with no lock held; must not block (queue the work).
+  /// Null: nobody is told.
+  using NameGone = std::function<void(Ino parent, Ino ino, const std::string& name)>;
+  void on_name_gone(NameGone f);
+
   /// \brief Path of a node relative to the mount ("" for the root).
   std::string path_of(Ino ino);
 
@@ -200,6 +209,9 @@ class Volume {
   // Removes n's name; `delivered`: because its consumer has it all (else
   // it was unlinked).
   void detach(Node& parent, Node& n, Effects& fx, bool delivered = false);
+  // detach() of a delivered name, by the volume's own decision: the front
+  // end is told (on_name_gone) so the kernel can drop its cached entry.
+  void let_go(Node& parent, Node& n, Effects& fx);
   void maybe_drop(const Node& n);
   // The stream at n is fully delivered: its name goes, now or once its
   // creating process has exited (see retire() in volume.cpp).
@@ -231,6 +243,7 @@ class Volume {
 
   const Limits limits_;
   const Policy policy_;
+  NameGone name_gone_;  // guarded by tree_mu_ (copied into the effects)
   const std::int32_t self_pid_;  // our own writers never linger
   Budget budget_;
   Parking parking_;

@@ -7,13 +7,83 @@
 #include <csignal>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
 #include <thread>
 
 #include "core/log.hpp"
 #include "fuse/adapter.hpp"
 
 namespace capturefs::fuse {
+
+namespace {
+
+// Tells the kernel of names the volume removed on its own (a delivered
+// stream's name going), so that it drops its cached entry and then forgets
+// the inode: without it, the node (and its memory) stays until the kernel
+// reclaims its caches. Its own thread: a notification waits for the
+// directory's lock, which a request being served in that directory holds.
+class Notifier {
+ public:
+  explicit Notifier(fuse_session* se) : se_(se), thread_([this] { run(); }) {}
+  ~Notifier() { stop(); }
+  // After this, gone() does nothing (the session may be gone).
+  void stop() {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  Notifier(const Notifier&) = delete;
+  Notifier& operator=(const Notifier&) = delete;
+
+  // Never blocks (called by the volume with effects being settled).
+  void gone(core::Ino parent, core::Ino ino, const std::string& name) {
+    {
+      std::lock_guard lk(mu_);
+      if (stop_) return;
+      q_.push_back(Item{parent, ino, name});
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  struct Item {
+    core::Ino parent;
+    core::Ino ino;
+    std::string name;
+  };
+  void run() {
+    std::unique_lock lk(mu_);
+    for (;;) {
+      cv_.wait(lk, [&] { return stop_ || !q_.empty(); });
+      if (stop_) return;
+      Item it = std::move(q_.front());
+      q_.pop_front();
+      lk.unlock();  // no lock across the notification
+      // Deletes the entry only if it still names that inode (a new file of
+      // the same name is left alone).
+      const int rc = fuse_lowlevel_notify_delete(se_, it.parent, it.ino, it.name.data(), it.name.size());
+      if (rc != 0 && rc != -ENOENT && rc != -ENOTDIR && rc != -ENOTCONN && rc != -ENODEV)
+        log::debug("notify_delete '{}' (in {}): {}", it.name, it.parent, std::strerror(-rc));
+      lk.lock();
+    }
+  }
+  fuse_session* const se_;
+  std::mutex mu_;  // guards q_ and stop_; leaf
+  std::condition_variable cv_;
+  std::deque<Item> q_;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts once the rest is set up
+};
+
+}  // namespace
 
 struct Session::Impl {
   core::Volume& vol;
@@ -24,10 +94,15 @@ struct Session::Impl {
   bool mounted = false;
   bool signals = false;
   std::thread waker;  // see stop()
+  std::shared_ptr<Notifier> notifier;  // while serving (the volume's hook shares it)
 
   explicit Impl(core::Volume& v) : vol(v), adapter(v) {}
   ~Impl() {
     if (se == nullptr) return;
+    if (notifier) {  // before the channel closes; a hook call still under way finds it stopped
+      vol.on_name_gone(nullptr);
+      notifier->stop();
+    }
     // Requests still parked (a reader waiting, a writer waiting for memory)
     // must be answered while the channel is open; after unmount the kernel
     // would fail them anyway, but then the core's callbacks would dangle.
@@ -104,12 +179,13 @@ void Session::daemonize() { fuse_daemonize(0); }
 void Session::stop() {
   fuse_session_exit(impl_->se);
   // Workers notice the exit flag only once a request arrives, so send one:
-  // a stat of the root (attribute timeout 0). libfuse drops that request
-  // unanswered once exited, so the stat returns only when the connection
-  // closes (in ~Impl): it runs on its own thread, joined there.
+  // a stat of a name in the root (a LOOKUP: names are never cached; the
+  // root's own attributes may be). libfuse drops that request unanswered
+  // once exited, so the stat returns only when the connection closes (in
+  // ~Impl): it runs on its own thread, joined there.
   impl_->waker = std::thread([mp = impl_->mountpoint] {
     struct stat st{};
-    (void)::stat(mp.c_str(), &st);
+    (void)::stat((mp + "/.capturefs-stop").c_str(), &st);
   });
 }
 
@@ -118,6 +194,11 @@ int Session::serve() {
     const sigset_t stop = stop_signals();
     pthread_sigmask(SIG_UNBLOCK, &stop, nullptr);
   }
+  // Started here, after a daemonize()'s fork (threads do not survive it).
+  impl_->notifier = std::make_shared<Notifier>(impl_->se);
+  impl_->vol.on_name_gone([n = impl_->notifier](core::Ino parent, core::Ino ino, const std::string& name) {
+    n->gone(parent, ino, name);
+  });
   fuse_loop_config* cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_max_threads(cfg, impl_->max_threads);
   const int rc = fuse_session_loop_mt(impl_->se, cfg);

@@ -1,7 +1,11 @@
 // libcapturefs: the Mount and Consumer facade over the core volume, the
 // FUSE session and push delivery. The capturefs CLI is built on it too.
+#include <malloc.h>
+
 #include <cerrno>
+#include <chrono>
 #include <climits>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -12,6 +16,7 @@
 #include "core/delivery.hpp"
 #include "core/log.hpp"
 #include "core/spill.hpp"
+#include "core/trim.hpp"
 #include "core/volume.hpp"
 #include "fuse/session.hpp"
 #include "lib/internal.hpp"
@@ -135,6 +140,44 @@ void Consumer::close() { impl_.reset(); }
 
 // ---- Mount ----------------------------------------------------------------------
 
+// Gives memory freed after a burst back to the system (core/trim.hpp):
+// samples the volume's load once a second, on its own thread.
+class Trimmer {
+ public:
+  explicit Trimmer(core::Volume& v) : vol_(v), thread_([this] { run(); }) {}
+  ~Trimmer() {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  Trimmer(const Trimmer&) = delete;
+  Trimmer& operator=(const Trimmer&) = delete;
+
+ private:
+  void run() {
+    core::TrimPolicy policy;
+    std::unique_lock lk(mu_);
+    while (!cv_.wait_for(lk, std::chrono::seconds(1), [&] { return stop_; })) {
+      lk.unlock();  // no lock of ours across the volume or malloc_trim
+      const core::TrimPolicy::Load now{vol_.statfs().files, vol_.memory_used()};
+      if (policy.observe(now)) {
+        const int gave = ::malloc_trim(0);
+        log::debug("memory: load fell to {} files, {} bytes: malloc_trim {}", now.files, now.bytes,
+                         gave != 0 ? "gave memory back" : "found nothing to give back");
+      }
+      lk.lock();
+    }
+  }
+  core::Volume& vol_;
+  std::mutex mu_;  // guards stop_; leaf
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts once the rest is set up
+};
+
 struct Mount::Impl {
   // Declaration order is teardown order, reversed: consumers stop before
   // the session unmounts, and the volume outlives both.
@@ -142,6 +185,7 @@ struct Mount::Impl {
   std::string spill_dir;  // "" when not spilling
   std::unique_ptr<core::Volume> vol;
   std::unique_ptr<fuse::Session> session;
+  std::unique_ptr<Trimmer> trimmer;  // started with serving (after a daemonize's fork)
   std::thread server;
   std::mutex mu;  // guards `unmounted`; leaf
   bool unmounted = false;
@@ -156,6 +200,7 @@ struct Mount::Impl {
       session->stop();
       server.join();
     }
+    trimmer.reset();
     session.reset();  // answers parked requests, unmounts
   }
 };
@@ -183,7 +228,10 @@ Mount::Mount(const Options& opt, bool serve_now) : impl_(std::make_unique<Impl>(
   so.handle_signals = !serve_now;  // a daemon serving in main() wants them
   impl_->session = fuse::Session::mount(*impl_->vol, so, &error);
   if (!impl_->session) fail(EIO, error);
-  if (serve_now) impl_->server = std::thread([s = impl_->session.get()] { s->serve(); });
+  if (serve_now) {
+    impl_->trimmer = std::make_unique<Trimmer>(*impl_->vol);
+    impl_->server = std::thread([s = impl_->session.get()] { s->serve(); });
+  }
 }
 
 Mount::~Mount() {
@@ -212,7 +260,10 @@ std::size_t Mount::spill_peak() const { return impl_->vol->spill_peak(); }
 const std::string& Mount::spill_dir() const { return impl_->spill_dir; }
 void Mount::unmount() { impl_->stop(); }
 void Mount::daemonize() { impl_->session->daemonize(); }
-int Mount::serve() { return impl_->session->serve(); }
+int Mount::serve() {
+  if (!impl_->trimmer) impl_->trimmer = std::make_unique<Trimmer>(*impl_->vol);
+  return impl_->session->serve();
+}
 
 core::Volume& detail::MountAccess::volume(Mount& m) { return *m.impl_->vol; }
 

@@ -1,9 +1,10 @@
 // Volume: the seed recipe at 200 x 16, 100 MiB with no reader, 1,000
-// streams open at once.
+// streams open at once, and memory given back after a burst of files.
 #include <sys/stat.h>
 
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <iostream>
 #include <string>
 
@@ -65,6 +66,46 @@ TEST_F(Scale, ThousandStreamsOpenAtOnce) {
             << std::endl;
   RecordProperty("daemon_peak_rss_kib_1000_streams", static_cast<int>(peak / 1024));
   EXPECT_GT(peak, 0u);
+}
+
+// 10,000 files alive at once (written, not yet read), then all consumed:
+// the daemon's memory returns to where it was before (it trims after a
+// burst; glibc would otherwise keep the freed memory in its arenas).
+TEST_F(Scale, MemoryReturnsToItsBaselineAfterABurstOfFiles) {
+  std::ifstream maps("/proc/" + std::to_string(mnt().pid()) + "/maps");
+  const std::string all((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
+  if (all.find("libasan") != std::string::npos || all.find("libtsan") != std::string::npos)
+    GTEST_SKIP() << "a sanitizer's allocator keeps freed memory in its quarantine: RSS says nothing here";
+  ASSERT_EQ(::mkdir(at("burst").c_str(), 0755), 0);
+  // The writers are shell processes that exit: a delivered name is kept
+  // for its creator while that process lives.
+  const std::string make =
+      "i=0; while [ $i -lt $2 ]; do printf '%0100d' $i > \"$1/f$i\"; i=$((i+1)); done";
+  auto burst = [&](int n) {
+    RunResult w = run({"sh", "-c", make, "make", at("burst"), std::to_string(n)}, 120s);
+    ASSERT_TRUE(w.ok()) << w.describe();
+    RunResult r = run({"sh", "-c", "find \"$1\" -type f -exec cat {} + | wc -c", "read", at("burst")}, 120s);
+    ASSERT_TRUE(r.ok()) << r.describe();
+    EXPECT_EQ(std::stoll(r.out), 100LL * n);
+    EXPECT_TRUE(eventually([&] { return list_dir(at("burst")).empty(); }, 20s)) << "names left";
+  };
+  burst(1000);  // warm-up: threads, arenas, the first blocks
+  const std::uint64_t baseline = mnt().current_rss();
+  constexpr int kFiles = 10000;
+  RunResult w = run({"sh", "-c", make, "make", at("burst"), std::to_string(kFiles)}, 120s);
+  ASSERT_TRUE(w.ok()) << w.describe();
+  const std::uint64_t held = mnt().current_rss();
+  RunResult r = run({"sh", "-c", "find \"$1\" -type f -exec cat {} + | wc -c", "read", at("burst")}, 120s);
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(std::stoll(r.out), 100LL * kFiles);
+  EXPECT_TRUE(eventually([&] { return list_dir(at("burst")).empty(); }, 20s)) << "names left";
+  // The daemon samples its load once a second and trims after a fall.
+  const std::uint64_t slack = 8 * MiB;
+  const bool back = eventually([&] { return mnt().current_rss() <= baseline + slack; }, 15s, 50ms);
+  const std::uint64_t after = mnt().current_rss();
+  std::cout << "daemon RSS: " << mib(baseline) << " before, " << mib(held) << " holding " << kFiles
+            << " files, " << mib(after) << " after they were consumed" << std::endl;
+  EXPECT_TRUE(back) << "RSS " << mib(after) << " after the burst, baseline " << mib(baseline);
 }
 
 }  // namespace

@@ -379,6 +379,45 @@ TEST_F(ToolsWithExits, ABarrierAnnouncesAStreamWithNoByteYet) {
   sub->close();
 }
 
+TEST_F(ToolsWithExits, TheFrontEndIsToldOfNamesTheVolumeRemovesOnItsOwn) {
+  // So that the kernel drops its cached entry and forgets the node: a
+  // burst of delivered files must not stay in memory until the kernel
+  // happens to reclaim its caches.
+  std::mutex mu;
+  std::vector<std::pair<Ino, std::string>> told;
+  v.on_name_gone([&](Ino parent, Ino, const std::string& name) {
+    std::lock_guard lk(mu);
+    told.emplace_back(parent, name);
+  });
+  auto w = tool_writer(v, "out.txt");
+  ASSERT_TRUE(write_now(v, *w, 0, "data").ok());
+  v.release(std::move(w));
+  {
+    auto r = reader(v, "out.txt");
+    EXPECT_EQ(read_now(v, r, 10).value(), "data");
+    EXPECT_EQ(read_now(v, r, 10).value(), "");
+    v.flush(*r.h);
+    v.release(std::move(r.h));
+  }
+  {
+    std::lock_guard lk(mu);
+    EXPECT_TRUE(told.empty());  // kept for its creator, which still runs
+  }
+  exits->exit(kToolPid);
+  {
+    std::lock_guard lk(mu);
+    ASSERT_EQ(told.size(), 1u);
+    EXPECT_EQ(told[0], std::make_pair(kRootIno, std::string("out.txt")));
+  }
+  // A name the kernel removes itself is not told back to it.
+  auto w2 = writer(v, "gone.txt");
+  v.release(std::move(w2));
+  ASSERT_TRUE(v.unlink(kRootIno, "gone.txt").ok());
+  v.on_name_gone(nullptr);
+  std::lock_guard lk(mu);
+  EXPECT_EQ(told.size(), 1u);
+}
+
 TEST_F(ToolsWithExits, AReaderIsNotHeldBackByAnEmptyFilesCreator) {
   v.release(tool_writer(v, "empty"));
   auto r = reader(v, "empty");
