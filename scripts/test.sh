@@ -222,10 +222,13 @@ elif ((run_asan)); then
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
   # The long tests run in full in the normal build; the sanitizer builds run
   # the same code paths on less, in CI time: a tenth of the million files,
-  # 512 MiB of the 2 GiB spill, 4 s of the 10 s soak.
+  # 512 MiB of the 2 GiB spill, 4 s of the 10 s soak, 50 of the 200 seed
+  # recipe calls, 4 of the 16 random spill interleavings.
   export CAPTUREFS_MILLION=100000
   export CAPTUREFS_SPILL_TEST_SIZE=512M
   export CAPTUREFS_SOAK_SECONDS=4
+  export CAPTUREFS_SEED_CALLS=50
+  export CAPTUREFS_SPILL_SEEDS=4
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   build_and_test "asan+ubsan" build-asan --timeout-multiplier 3 -- \
     -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
