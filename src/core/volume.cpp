@@ -276,20 +276,49 @@ void Volume::retire(Node& parent, Node& n, Effects& fx) {
     notify(fx, [id = n.ino, end](Observer& o) { o.ended(id, end); });
   }
   n.retired = true;
-  fx.calls.emplace_back([this, pid, ino = n.ino, w = std::weak_ptr<Stream>(n.stream)] {
-    if (!policy_.exits->watch(pid, [this, ino, w] { creator_exited(ino, w); }))
-      creator_exited(ino, w);  // already gone
-  });
+  std::vector<Ino>& kept = retired_by_pid_[pid];
+  const bool first = kept.empty();
+  kept.push_back(n.ino);
+  if (kept.size() > 2 * kMaxRetired) {  // a long-lived creator: drop what went meanwhile
+    std::erase_if(kept, [&](Ino i) {
+      const NodePtr k = find(i);
+      return !k || !k->linked || !k->retired;
+    });
+  }
+  retired_order_.push_back(n.ino);
+  trim_retired(fx);
+  // One watch per creating process: its exit lets go of all its names.
+  if (first) {
+    fx.calls.emplace_back([this, pid] {
+      if (!policy_.exits->watch(pid, [this, pid] { creator_exited(pid); })) creator_exited(pid);  // gone
+    });
+  }
 }
 
-void Volume::creator_exited(Ino ino, const std::weak_ptr<Stream>& w) {
+void Volume::trim_retired(Effects& fx) {
+  while (retired_order_.size() > kMaxRetired) {
+    const NodePtr k = find(retired_order_.front());
+    retired_order_.pop_front();
+    if (!k || !k->linked || !k->retired) continue;  // went meanwhile
+    if (NodePtr p = find(k->parent)) let_go(*p, *k, fx);
+  }
+}
+
+void Volume::creator_exited(std::int32_t pid) {
   Effects fx;
   {
     std::lock_guard lk(tree_mu_);
-    NodePtr n = find(ino);
-    std::shared_ptr<Stream> s = w.lock();
-    if (n && s && n->linked && n->retired && n->stream == s) {
-      if (NodePtr p = find(n->parent)) let_go(*p, *n, fx);
+    auto it = retired_by_pid_.find(pid);
+    if (it != retired_by_pid_.end()) {
+      const std::vector<Ino> kept = std::move(it->second);
+      retired_by_pid_.erase(it);
+      for (const Ino i : kept) {
+        NodePtr n = find(i);
+        // Still kept for this process (not renamed over, unlinked, or let go).
+        if (n && n->linked && n->retired && n->creator_pid == pid) {
+          if (NodePtr p = find(n->parent)) let_go(*p, *n, fx);
+        }
+      }
     }
   }
   settle(std::move(fx));

@@ -17,6 +17,7 @@
 // any of them (stream.hpp, SPILLING).
 #pragma once
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -216,7 +217,10 @@ class Volume {
   // The stream at n is fully delivered: its name goes, now or once its
   // creating process has exited (see retire() in volume.cpp).
   void retire(Node& parent, Node& n, Effects& fx);
-  void creator_exited(Ino ino, const std::weak_ptr<Stream>& s);
+  // Every name kept for process `pid` goes (it has exited).
+  void creator_exited(std::int32_t pid);
+  // Lets go of kept names beyond kMaxRetired, oldest first. Tree lock held.
+  void trim_retired(Effects& fx);
   // Stream `id` (still s) was delivered to its push consumer: retire() it,
   // remembering that consumer for renames after the end. Tree lock held.
   void retire_pushed(std::uint64_t id, const std::shared_ptr<Stream>& s, Effects& fx);
@@ -256,6 +260,19 @@ class Volume {
   std::vector<std::shared_ptr<Subscription>> subs_;  // guarded by tree_mu_
   std::size_t next_sub_ = 0;                          // round-robin cursor
   std::vector<std::shared_ptr<Observer>> observers_;  // guarded by tree_mu_
+  // Delivered names kept for their creators (retire()), guarded by
+  // tree_mu_: by creator (one exit watch per process, however many files
+  // it wrote), and oldest first for the bound. Entries whose name went
+  // meanwhile are skipped (and pruned).
+ public:
+  /// At most this many delivered names are kept for their creators; beyond
+  /// it the oldest goes at once (a long-lived process writing millions of
+  /// files must not keep them all).
+  static constexpr std::size_t kMaxRetired = 4096;
+
+ private:
+  std::unordered_map<std::int32_t, std::vector<Ino>> retired_by_pid_;
+  std::deque<Ino> retired_order_;
 };
 
 }  // namespace capturefs::core

@@ -418,6 +418,38 @@ TEST_F(ToolsWithExits, TheFrontEndIsToldOfNamesTheVolumeRemovesOnItsOwn) {
   EXPECT_EQ(told.size(), 1u);
 }
 
+TEST_F(ToolsWithExits, AFewThousandDeliveredNamesAreKeptPerVolumeWithOneWatchPerCreator) {
+  // A long-lived process writing file after file: its delivered names are
+  // kept for it, but only the newest kMaxRetired, and its exit is watched
+  // once, not once per file.
+  const int before = exits->watches();
+  const std::size_t n = Volume::kMaxRetired + 10;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::string name = "f" + std::to_string(i);
+    auto w = tool_writer(v, name);
+    ASSERT_TRUE(write_now(v, *w, 0, "x").ok());
+    v.release(std::move(w));
+    auto r = reader(v, name);
+    ASSERT_EQ(read_now(v, r, 10).value(), "x");
+    ASSERT_EQ(read_now(v, r, 10).value(), "");
+    v.flush(*r.h);
+    v.release(std::move(r.h));
+  }
+  EXPECT_EQ(exits->watches(), before + 1);
+  EXPECT_EQ(v.lookup(kRootIno, "f0", kToolPid).error(), ENOENT);  // the oldest went
+  EXPECT_EQ(v.lookup(kRootIno, "f9", kToolPid).error(), ENOENT);
+  auto last = v.lookup(kRootIno, "f" + std::to_string(n - 1), kToolPid);
+  ASSERT_TRUE(last);  // the newest are kept for their creator
+  v.forget(last->ino, 1);
+  auto kept = v.lookup(kRootIno, "f10", kToolPid);
+  ASSERT_TRUE(kept);
+  v.forget(kept->ino, 1);
+  EXPECT_TRUE(v.list(kRootIno)->empty());  // and hidden from everyone else
+  exits->exit(kToolPid);
+  EXPECT_EQ(v.lookup(kRootIno, "f10", kToolPid).error(), ENOENT);  // all went with it
+  EXPECT_EQ(v.lookup(kRootIno, "f" + std::to_string(n - 1), kToolPid).error(), ENOENT);
+}
+
 TEST_F(ToolsWithExits, AReaderIsNotHeldBackByAnEmptyFilesCreator) {
   v.release(tool_writer(v, "empty"));
   auto r = reader(v, "empty");
