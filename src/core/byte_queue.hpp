@@ -22,7 +22,10 @@ namespace capturefs::core {
 
 class ByteQueue {
  public:
-  static constexpr std::size_t kMinBlock = 4 * 1024;
+  // A stream's first block (and the first after it drained): small, so
+  // that a small file costs little memory and budget (a 100 B file held
+  // 4 KiB when this was 4 KiB); blocks double from there.
+  static constexpr std::size_t kMinBlock = 256;
   // Growth stops here: a small write after a large one (a 1 MiB write from
   // an unaligned buffer reaches us as 1 MiB - 16 B and 16 B) must not cost a
   // large block. A single large append still gets one block of its size.

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/byte_queue.hpp"
 #include "support.hpp"
 
 namespace capturefs::test {
@@ -249,7 +250,7 @@ TEST(Backpressure, WriteParkedOnTheGlobalCapResumesWhenAnotherStreamIsDelivered)
   v.release(std::move(ra));
   EXPECT_EQ(v.lookup(kRootIno, "a").error(), ENOENT);
   v.release(std::move(wb));
-  EXPECT_EQ(v.memory_used(), 4 * KiB);  // b's one block
+  EXPECT_EQ(v.memory_used(), core::ByteQueue::kMinBlock);  // b's one block
 }
 
 TEST(Backpressure, ReaderLeavingFreesWhatItWasHanded) {

@@ -87,7 +87,7 @@ TEST(ByteQueue, BlocksGrowGeometricallyUpToTheMaximum) {
   // visible as the capacity step.
   std::vector<std::size_t> steps;
   std::size_t held = 0;
-  for (int i = 0; i < 9; ++i) {
+  for (int i = 0; i < 11; ++i) {
     const std::size_t before = q.capacity();
     q.append(seq(1));
     held += 1;
@@ -96,8 +96,8 @@ TEST(ByteQueue, BlocksGrowGeometricallyUpToTheMaximum) {
     held = q.capacity();
     ASSERT_EQ(q.size(), held);
   }
-  const std::vector<std::size_t> expect = {4 * 1024,  8 * 1024,  16 * 1024,
-                                           32 * 1024, 64 * 1024, 64 * 1024,
+  const std::vector<std::size_t> expect = {256,       512,       1024,      2 * 1024,
+                                           4 * 1024,  8 * 1024,  16 * 1024, 32 * 1024,
                                            64 * 1024, 64 * 1024, 64 * 1024};
   EXPECT_EQ(steps, expect);
 }
