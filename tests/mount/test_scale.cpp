@@ -81,29 +81,29 @@ TEST_F(Scale, MemoryReturnsToItsBaselineAfterABurstOfFiles) {
   const std::string all((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
   if (all.find("libasan") != std::string::npos || all.find("libtsan") != std::string::npos)
     GTEST_SKIP() << "a sanitizer's allocator keeps freed memory in its quarantine: RSS says nothing here";
-  ASSERT_EQ(::mkdir(at("burst").c_str(), 0755), 0);
   // The writers are shell processes that exit: a delivered name is kept
   // for its creator while that process lives.
-  const std::string make =
-      "i=0; while [ $i -lt $2 ]; do printf '%0100d' $i > \"$1/f$i\"; i=$((i+1)); done";
-  auto burst = [&](int n) {
-    RunResult w = run({"sh", "-c", make, "make", at("burst"), std::to_string(n)}, 120s);
+  const std::string dir = at("burst");
+  ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0);
+  auto write_files = [&](int n) {
+    const std::string make =
+        "i=0; while [ $i -lt $2 ]; do printf '%0100d' $i > \"$1/f$i\"; i=$((i+1)); done";
+    RunResult w = run({"sh", "-c", make, "make", dir, std::to_string(n)}, 120s);
     ASSERT_TRUE(w.ok()) << w.describe();
-    RunResult r = run({"sh", "-c", "find \"$1\" -type f -exec cat {} + | wc -c", "read", at("burst")}, 120s);
+  };
+  auto read_files = [&](int n) {
+    RunResult r = run({"sh", "-c", "find \"$1\" -type f -exec cat {} + | wc -c", "read", dir}, 120s);
     ASSERT_TRUE(r.ok()) << r.describe();
     EXPECT_EQ(std::stoll(r.out), 100LL * n);
-    EXPECT_TRUE(eventually([&] { return list_dir(at("burst")).empty(); }, 20s)) << "names left";
+    EXPECT_TRUE(eventually([&] { return list_dir(dir).empty(); }, 20s)) << "names left";
   };
-  burst(1000);  // warm-up: threads, arenas, the first blocks
+  ASSERT_NO_FATAL_FAILURE(write_files(1000));  // warm-up: threads, arenas, the first blocks
+  ASSERT_NO_FATAL_FAILURE(read_files(1000));
   const std::uint64_t baseline = mnt().current_rss();
   constexpr int kFiles = 10000;
-  RunResult w = run({"sh", "-c", make, "make", at("burst"), std::to_string(kFiles)}, 120s);
-  ASSERT_TRUE(w.ok()) << w.describe();
+  ASSERT_NO_FATAL_FAILURE(write_files(kFiles));
   const std::uint64_t held = mnt().current_rss();
-  RunResult r = run({"sh", "-c", "find \"$1\" -type f -exec cat {} + | wc -c", "read", at("burst")}, 120s);
-  ASSERT_TRUE(r.ok()) << r.describe();
-  EXPECT_EQ(std::stoll(r.out), 100LL * kFiles);
-  EXPECT_TRUE(eventually([&] { return list_dir(at("burst")).empty(); }, 20s)) << "names left";
+  ASSERT_NO_FATAL_FAILURE(read_files(kFiles));
   // The daemon samples its load once a second and trims after a fall.
   const std::uint64_t slack = 8 * MiB;
   const bool back = eventually([&] { return mnt().current_rss() <= baseline + slack; }, 15s, 50ms);

@@ -104,6 +104,16 @@ void barrier(Volume& v, Recorder& rec, std::size_t closed) {
   ASSERT_TRUE(rec.wait_closed(closed));
 }
 
+// Reads stream `name` to its end through the path and closes it, as `cat`
+// does: the stream is delivered.
+void read_whole(Volume& v, const std::string& name, const std::string& want) {
+  auto r = reader(v, name);
+  EXPECT_EQ(read_now(v, r, want.size() + 10).value(), want) << name;
+  EXPECT_EQ(read_now(v, r, 10).value(), "") << name;
+  v.flush(*r.h);
+  v.release(std::move(r.h));
+}
+
 // ---- Read-back, patches, rewrites --------------------------------------------
 
 TEST(Tools, AWriterReadsBackWhatIsNotConsumedWithoutConsumingIt) {
@@ -392,13 +402,7 @@ TEST_F(ToolsWithExits, TheFrontEndIsToldOfNamesTheVolumeRemovesOnItsOwn) {
   auto w = tool_writer(v, "out.txt");
   ASSERT_TRUE(write_now(v, *w, 0, "data").ok());
   v.release(std::move(w));
-  {
-    auto r = reader(v, "out.txt");
-    EXPECT_EQ(read_now(v, r, 10).value(), "data");
-    EXPECT_EQ(read_now(v, r, 10).value(), "");
-    v.flush(*r.h);
-    v.release(std::move(r.h));
-  }
+  read_whole(v, "out.txt", "data");
   {
     std::lock_guard lk(mu);
     EXPECT_TRUE(told.empty());  // kept for its creator, which still runs
@@ -429,11 +433,7 @@ TEST_F(ToolsWithExits, AFewThousandDeliveredNamesAreKeptPerVolumeWithOneWatchPer
     auto w = tool_writer(v, name);
     ASSERT_TRUE(write_now(v, *w, 0, "x").ok());
     v.release(std::move(w));
-    auto r = reader(v, name);
-    ASSERT_EQ(read_now(v, r, 10).value(), "x");
-    ASSERT_EQ(read_now(v, r, 10).value(), "");
-    v.flush(*r.h);
-    v.release(std::move(r.h));
+    read_whole(v, name, "x");
   }
   EXPECT_EQ(exits->watches(), before + 1);
   EXPECT_EQ(v.lookup(kRootIno, "f0", kToolPid).error(), ENOENT);  // the oldest went
