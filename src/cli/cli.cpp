@@ -3,6 +3,7 @@
 #include <spawn.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -288,15 +289,16 @@ int run_mount(const MountArgs& a) {
   return rc == 0 ? 0 : 1;
 }
 
-// A FUSE mount whose daemon is gone (killed, crashed): stat answers
-// ENOTCONN. Asked in a child with a deadline, so that a live but hung
-// daemon cannot hang `umount` here.
+// A FUSE mount whose daemon is gone (killed, crashed): statfs answers
+// ENOTCONN (stat may not: the root's attributes are cached for a second).
+// Asked in a child with a deadline, so that a live but hung daemon cannot
+// hang `umount` here.
 bool is_dead_fuse_mount(const std::string& abs) {
   const pid_t pid = fork();
   if (pid < 0) return false;
   if (pid == 0) {
-    struct stat st{};
-    _exit(::stat(abs.c_str(), &st) != 0 && errno == ENOTCONN ? 0 : 1);
+    struct statfs st{};
+    _exit(::statfs(abs.c_str(), &st) != 0 && errno == ENOTCONN ? 0 : 1);
   }
   for (int i = 0; i < 200; ++i) {  // 2 s
     int status = 0;

@@ -43,9 +43,22 @@ using core::Result;
 
 namespace {
 
-// Streams change size with every write and may vanish when delivered, so
-// the kernel must not cache their names or attributes.
-constexpr double kTimeout = 0.0;
+// Names: never cached. A stream's name may vanish when it is delivered, and
+// a delivered name stays visible to its creating process only, so every
+// lookup must reach us.
+constexpr double kEntryTimeout = 0.0;
+// Attributes: cached for a second. Nothing the kernel relies on goes stale:
+// a write through the mount makes the kernel drop its cached size and
+// mtime (so stat after a write always asks us), and chmod, chown, utimens
+// and truncate go through setattr, whose reply refreshes the cache. What
+// is cached is what the kernel checks permissions against (with
+// default_permissions it would otherwise ask before every path walk and
+// open: 5 of the 16 requests of a create-write-close-read cycle). What may
+// lag by up to a second: st_nlink of a name the daemon dropped on its own,
+// st_blocks (buffered bytes) after a consumer read, and stat of a dead
+// mount's root (answered from the cache; `capturefs mount` and `umount`
+// detect a dead mount with statfs, which always asks).
+constexpr double kAttrTimeout = 1.0;
 
 Adapter& self(fuse_req_t req) { return *static_cast<Adapter*>(fuse_req_userdata(req)); }
 core::Volume& vol(fuse_req_t req) { return self(req).volume(); }
@@ -105,8 +118,8 @@ fuse_entry_param to_entry(const core::Attr& a) {
   e.ino = a.ino;
   e.generation = 1;
   e.attr = to_stat(a);
-  e.attr_timeout = kTimeout;
-  e.entry_timeout = kTimeout;
+  e.attr_timeout = kAttrTimeout;
+  e.entry_timeout = kEntryTimeout;
   return e;
 }
 
@@ -173,7 +186,7 @@ void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
   checked(req, "getattr", [&](Reply& r) {
     auto a = vol(req).getattr(ino);
     if (!a) return r.err(a.error());
-    r.attr(to_stat(a.value()), kTimeout);
+    r.attr(to_stat(a.value()), kAttrTimeout);
   });
 }
 
@@ -196,7 +209,7 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
     sa.mtime = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? t : attr->st_mtim;
     auto a = vol(req).setattr(ino, sa);
     if (!a) return r.err(a.error());
-    r.attr(to_stat(a.value()), kTimeout);
+    r.attr(to_stat(a.value()), kAttrTimeout);
   });
 }
 
@@ -267,6 +280,10 @@ void set_open_flags(fuse_req_t req, fuse_file_info* fi, std::unique_ptr<core::Ha
   // file stays seekable so that lseek(SEEK_CUR/SEEK_END) answers.
   fi->direct_io = 1;
   fi->keep_cache = 0;
+  // A writer's FLUSH does nothing (a stream ends at its last RELEASE), so
+  // close(2) need not wait for one: a request fewer per written file. A
+  // reader's is kept: at EOF it drops the name before close returns.
+  fi->noflush = h->role == core::Role::Writer ? 1 : 0;
   fi->fh = reinterpret_cast<std::uintptr_t>(self(req).adopt(std::move(h)));
 }
 

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -65,8 +66,12 @@ std::optional<std::string> check_mountpoint(const std::string& path, std::string
   }
   std::string abs = absolute(path);
   struct stat st{};
-  if (stat(abs.c_str(), &st) != 0) {
-    const int e = errno;
+  // statfs first: on a dead FUSE mount it fails with ENOTCONN, where stat
+  // may still be answered from the kernel's attribute cache.
+  struct statfs sfs{};
+  const bool dead = ::statfs(abs.c_str(), &sfs) != 0 && errno == ENOTCONN;
+  if (dead || stat(abs.c_str(), &st) != 0) {
+    const int e = dead ? ENOTCONN : errno;
     if (e == ENOTCONN) {
       *error = path + " is a dead FUSE mount (transport endpoint not connected); "
                "clean it up with 'capturefs umount " + path + "'";
