@@ -220,6 +220,9 @@ void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, b
     opened = true;
     guarded("open", [&] { sink_->on_open(now); });
   };
+  // The chunk buffer, kept by each delivery thread: no allocation, page
+  // faults or zero-filling per chunk (it holds at most one chunk).
+  thread_local std::vector<std::byte> scratch;
   // Serve a bounded number of chunks, then let other streams have a turn.
   for (int i = 0; i < 16; ++i) {
     // Renames are told between chunks, as soon as this thread sees them.
@@ -231,7 +234,7 @@ void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, b
         late_busy_ -= renames.size();
       }
     }
-    Pull p = s->pull(opt_.chunk);
+    Pull p = s->pull(opt_.chunk, std::move(scratch));
     if (p.kind == Pull::Kind::Nothing) {
       if (announce) open_once();
       return;
@@ -250,9 +253,11 @@ void Subscription::deliver(std::uint64_t id, const std::shared_ptr<Stream>& s, b
       return;
     }
     guarded("data", [&] { sink_->on_data(id, p.offset, p.bytes); });
+    const std::uint64_t upto = p.offset + p.bytes.size();
+    scratch = std::move(p.bytes);  // the sink is done with them
     if (opt_.auto_ack) {
       Effects fx;
-      const bool done = s->ack(p.offset + p.bytes.size(), fx);
+      const bool done = s->ack(upto, fx);
       settle(std::move(fx));
       if (done) {
         finish(id, s);

@@ -25,11 +25,15 @@ void Effects::merge_woken(std::vector<std::weak_ptr<Stream>> w) {
   }
 }
 
+namespace {
+// The Effects being settled by this thread, if any.
+thread_local Effects* running = nullptr;
+}  // namespace
+
 void settle(Effects&& fx) {
   // A callback that settles effects of its own (the completion of a spill
   // file read or write) hands them to the settle() running it, so chains of
   // completions loop here instead of nesting deeper and deeper.
-  thread_local Effects* running = nullptr;
   if (running != nullptr) {
     running->calls.insert(running->calls.end(), std::make_move_iterator(fx.calls.begin()),
                           std::make_move_iterator(fx.calls.end()));
@@ -561,7 +565,7 @@ void Stream::park_key(WaitKey key) { parking_.add(key, shared_from_this()); }
 
 void Stream::forget_key(WaitKey key) { parking_.remove(key, this); }
 
-void Stream::progress(Effects& fx) {
+void Stream::progress(Effects& fx, const Fresh* fresh) {
   for (bool moved = true; moved;) {
     moved = false;
     // A write whose bytes are being written to the spill file holds back
@@ -592,7 +596,13 @@ void Stream::progress(Effects& fx) {
       std::size_t n = 0;
       const Serve what = prepare_read(rd.pos, rd.size, &n, fx);
       if (what == Serve::Wait) break;
-      if (what == Serve::Data) {
+      if (what == Serve::Data && fresh != nullptr && rd.pos >= fresh->off &&
+          rd.pos - fresh->off + n <= fresh->data.size()) {
+        // Straight from the writer's buffer (it outlives these Effects).
+        fx.calls.emplace_back([done = std::move(rd.done), b = fresh->data.subspan(rd.pos - fresh->off, n)] {
+          done(b);
+        });
+      } else if (what == Serve::Data) {
         // Not zero-filled: copy_now() and read_file() overwrite all n bytes.
         std::shared_ptr<std::byte[]> v = std::make_shared_for_overwrite<std::byte[]>(n);
         std::vector<SpillMap::Piece> pieces;
@@ -665,7 +675,7 @@ void Stream::detach_push(Effects& fx) {
   if (!linked_) discard(fx);
 }
 
-Pull Stream::pull(std::size_t max) {
+Pull Stream::pull(std::size_t max, std::vector<std::byte> reuse) {
   std::unique_lock lk(mu_);
   Pull p;
   if (!push_ || close_sent_) return p;
@@ -679,6 +689,9 @@ Pull Stream::pull(std::size_t max) {
         std::min<std::uint64_t>({max, end() - delivered_, push_window_ - inflight}));
     p.kind = Pull::Kind::Data;
     p.offset = delivered_;
+    // Shrinking keeps the capacity, so a reused buffer is neither
+    // reallocated nor zero-filled again while chunks keep their size.
+    p.bytes = std::move(reuse);
     p.bytes.resize(n);
     std::vector<SpillMap::Piece> pieces;
     copy_now(delivered_, p.bytes, &pieces);
@@ -788,7 +801,14 @@ Outcome<std::size_t> Stream::write(std::uint64_t off, std::span<const std::byte>
     const Apply a = try_apply(off, data, fw, &r, fx);
     if (a == Apply::Done) {
       end_file_write(fw, fx);
-      if (r.ok() || abort_errno_ != 0) progress(fx);
+      if (r.ok() || abort_errno_ != 0) {
+        // A waiting reader may be answered from `data` itself, which stays
+        // valid until the caller has settled fx; not when fx would be
+        // handed to a settle() further up this thread's stack, which runs
+        // it only after this write's caller has returned.
+        const Fresh fresh{off, data.first(std::min(data.size(), r.ok() ? r.value() : 0))};
+        progress(fx, r.ok() && running == nullptr ? &fresh : nullptr);
+      }
       return r;
     }
     if (a == Apply::ToFile) {

@@ -144,7 +144,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
   void detach_push(Effects& fx);
   /// \brief Takes the next step of push delivery: up to `max` bytes (never
   /// more than `window` unacknowledged), or the end, or nothing for now.
-  Pull pull(std::size_t max);
+  /// `reuse`: a buffer from an earlier pull, to copy the bytes into without
+  /// allocating (a delivery thread hands back the last Pull's bytes).
+  Pull pull(std::size_t max, std::vector<std::byte> reuse = {});
   /// \brief The push consumer has processed every byte before `upto`.
   /// Returns true once the stream is finished: its end was pulled and every
   /// byte acknowledged.
@@ -326,8 +328,17 @@ class Stream : public std::enable_shared_from_this<Stream> {
   void flush_dead(Effects& fx);
   // Closes the spill file (outside the lock) once nothing needs it.
   void maybe_drop_file(Effects& fx);
-  // Completes what can complete; the core of every state change.
-  void progress(Effects& fx);
+  // The bytes a write has just applied, at stream offset `off`, still in
+  // the writer's own buffer: valid until that write's Effects are settled.
+  struct Fresh {
+    std::uint64_t off = 0;
+    std::span<const std::byte> data;
+  };
+  // Completes what can complete; the core of every state change. A parked
+  // read that lies within `fresh` is answered from the writer's buffer
+  // instead of a copy (one memcpy and allocation fewer per read that waits
+  // for a writer: the common case of a reader keeping up).
+  void progress(Effects& fx, const Fresh* fresh = nullptr);
   void release_memory(std::size_t n, Effects& fx);
   void maybe_wake(Effects& fx);
   void park_key(WaitKey key);
