@@ -121,24 +121,25 @@ def summarize(results, cfg, consumers):
 
     rs = results.get("rss", {})
     rows = []
-    for chunk in cfg["rss"]["chunks"]:
-        for pin in ("pinned", "free"):
-            got = rs.get(f"{chunk}|{pin}")
-            if not got:
-                continue
-            r = got[0]
-            cap = parse_size(r["cap"])
-            peak = r["hwm_end_kib"] * KiB
-            rows.append({
-                "chunk": chunk, "pin": pin, "streams": r["streams"], "per_stream": r["per_stream"],
-                "cap_mib": cap / MiB, "mount_hwm_mib": (r.get("hwm_mount_kib") or 0) / KiB,
-                "stalled_hwm_mib": r["hwm_stalled_kib"] / KiB, "peak_mib": peak / MiB,
-                "rss_after_drain_mib": r["rss_end_kib"] / KiB,
-                "over_cap_mib": (peak - cap) / MiB, "budget_used_at_stall_mib": r["budget_used_at_stall"] / MiB,
-                "writers_done_at_stall": r["writers_done_at_stall"], "drain_seconds": r["drain_seconds"],
-                "target_over_cap_mib": RSS_TARGET_OVER_CAP_MIB,
-                "met": (peak - cap) / MiB <= RSS_TARGET_OVER_CAP_MIB,
-            })
+    for mode, chunk, pin in ((m, c, p) for m in ("no-spill", "spill") for c in cfg["rss"]["chunks"]
+                             for p in ("pinned", "free")):
+        got = rs.get(f"{chunk}|{pin}|{mode}")
+        if not got:
+            continue
+        r = got[0]
+        cap = parse_size(r["cap"])
+        peak = r["hwm_end_kib"] * KiB
+        rows.append({
+            "mode": mode,
+            "chunk": chunk, "pin": pin, "streams": r["streams"], "per_stream": r["per_stream"],
+            "cap_mib": cap / MiB, "mount_hwm_mib": (r.get("hwm_mount_kib") or 0) / KiB,
+            "stalled_hwm_mib": r["hwm_stalled_kib"] / KiB, "peak_mib": peak / MiB,
+            "rss_after_drain_mib": r["rss_end_kib"] / KiB,
+            "over_cap_mib": (peak - cap) / MiB, "budget_used_at_stall_mib": r["budget_used_at_stall"] / MiB,
+            "writers_done_at_stall": r["writers_done_at_stall"], "drain_seconds": r["drain_seconds"],
+            "target_over_cap_mib": RSS_TARGET_OVER_CAP_MIB,
+            "met": (peak - cap) / MiB <= RSS_TARGET_OVER_CAP_MIB,
+        })
     out["rss"] = rows
 
     mi = results.get("micro", {})
@@ -366,13 +367,16 @@ def markdown(meta, s, consumers, not_built):
         lines.append("MiB. VmHWM of the daemon after mounting, once every writer is finished or parked "
                      "(RSS stable for a while: \"stalled\"), and at the end (\"peak\"), after 1,000 "
                      "concurrent readers drained every stream; VmRSS after the drain. Target: peak ≤ cap + "
-                     f"{RSS_TARGET_OVER_CAP_MIB} MiB.")
+                     f"{RSS_TARGET_OVER_CAP_MIB} MiB. Spill tier: \"off\" is `--no-spill` (writers that do "
+                     "not fit stall, each parked write holding its data outside the cap); \"on\" is the "
+                     "default (what does not fit goes to the spill file).")
         lines.append("")
-        header = ["write size", "CPU", "cap MiB", "at mount", "stalled", "peak", "peak − cap",
+        header = ["spill tier", "write size", "CPU", "cap MiB", "at mount", "stalled", "peak", "peak − cap",
                   "RSS after drain", "budget used at stall", "writers done at stall", "target"]
         rows = []
         for r in s["rss"]:
-            rows.append([size_label(r["chunk"]), r["pin"], num(r["cap_mib"]), num(r["mount_hwm_mib"]),
+            rows.append(["off" if r["mode"] == "no-spill" else "on",
+                         size_label(r["chunk"]), r["pin"], num(r["cap_mib"]), num(r["mount_hwm_mib"]),
                          num(r["stalled_hwm_mib"]), num(r["peak_mib"]), num(r["over_cap_mib"]),
                          num(r["rss_after_drain_mib"]),
                          num(r["budget_used_at_stall_mib"]), f"{r['writers_done_at_stall']}/{r['streams']}",
