@@ -786,16 +786,11 @@ void Volume::release(std::unique_ptr<Handle> h) {
 
 Outcome<std::size_t> Volume::write(Handle& h, std::uint64_t off, std::span<const std::byte> data,
                                    WaitKey key, WriteDone done) {
+  if (h.role != Role::Writer) return Result<std::size_t>(Errno{EBADF});
   Effects fx;
-  auto out = write(h, off, data, key, std::move(done), fx);
+  auto out = h.stream->write(off, data, key, std::move(done), fx);
   settle(std::move(fx));
   return out;
-}
-
-Outcome<std::size_t> Volume::write(Handle& h, std::uint64_t off, std::span<const std::byte> data,
-                                   WaitKey key, WriteDone done, Effects& fx) {
-  if (h.role != Role::Writer) return Result<std::size_t>(Errno{EBADF});
-  return h.stream->write(off, data, key, std::move(done), fx);
 }
 
 Outcome<std::span<const std::byte>> Volume::read(Handle& h, std::uint64_t off, std::size_t size,

@@ -129,13 +129,6 @@ class Volume {
   /// \brief See Stream::write. `done` is called only if Parked is returned.
   Outcome<std::size_t> write(Handle& h, std::uint64_t off, std::span<const std::byte> data,
                              WaitKey key, WriteDone done);
-  /// \brief The same, leaving what the write set off (a waiting reader
-  /// answered, perhaps from `data` itself) in `fx`, for the caller to
-  /// settle() once it has answered the writer, and before `data` goes away.
-  /// A front end answers the writer first, so that on a busy CPU the
-  /// writer goes on while the reader is woken.
-  Outcome<std::size_t> write(Handle& h, std::uint64_t off, std::span<const std::byte> data,
-                             WaitKey key, WriteDone done, Effects& fx);
   /// \brief See Stream::read; `off` is the consumer's file offset. On a
   /// writer's handle: Stream::read_back (never parks).
   Outcome<std::span<const std::byte>> read(Handle& h, std::uint64_t off, std::size_t size,

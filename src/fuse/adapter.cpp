@@ -353,17 +353,11 @@ void op_read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_fi
 void op_write(fuse_req_t req, fuse_ino_t /*ino*/, const char* buf, size_t size, off_t off,
               fuse_file_info* fi) {
   checked(req, "write", [&](Reply& r) {
-    // The writer is answered before a reader its bytes complete: pinned to
-    // one CPU, the writer then often writes again before the reader runs,
-    // and the reader's next read takes several writes at once. `buf` stays
-    // valid until we return, so settling after the reply is safe.
-    core::Effects fx;
     answer_or_park(r,
                    vol(req).write(handle(fi), static_cast<std::uint64_t>(off),
                                   {reinterpret_cast<const std::byte*>(buf), size}, key_of(req),
-                                  later<std::size_t>(req, send_count), fx),
+                                  later<std::size_t>(req, send_count)),
                    send_count);
-    core::settle(std::move(fx));
   });
 }
 
