@@ -67,6 +67,30 @@ TEST_F(Semantics, StreamIsRegularFileWithSizeOfBytesWritten) {
   EXPECT_EQ(cat(p), payload("a", 1000) + payload("b", 70000));
 }
 
+TEST_F(Semantics, StatSeesEveryWriteAtOnceThoughAttributesAreCached) {
+  // Attributes are cached for a second (fewer requests per file), but the
+  // kernel drops the cached size after each write through the mount, and
+  // setattr replies refresh it: stat never shows a stale size or mode.
+  const auto p = at("growing");
+  UniqueFd w = open_fd(p, O_WRONLY | O_CREAT, 0644);
+  ASSERT_FD(w, "writer");
+  struct stat st{};
+  ASSERT_EQ(stat_err(p, &st), 0);
+  EXPECT_EQ(st.st_size, 0);
+  for (const std::size_t n : {10u, 5u, 4096u}) {
+    const off_t before = st.st_size;
+    ASSERT_EQ(write_all(w.get(), std::string(n, 'x')), "");
+    ASSERT_EQ(stat_err(p, &st), 0);
+    EXPECT_EQ(st.st_size, before + static_cast<off_t>(n)) << "right after a write of " << n;
+  }
+  ASSERT_EQ(::fchmod(w.get(), 0600), 0);
+  ASSERT_EQ(stat_err(p, &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  ASSERT_EQ(::ftruncate(w.get(), 3), 0);
+  ASSERT_EQ(stat_err(p, &st), 0);
+  EXPECT_EQ(st.st_size, 3);
+}
+
 TEST_F(Semantics, ChmodChownUtimensAreReportedByStat) {
   const auto p = at("s");
   make_stream(p, "x");

@@ -143,6 +143,31 @@ TEST_F(Streams, ParkedReadTakesAtMostItsSize) {
   v.release(std::move(r));
 }
 
+TEST_F(Streams, ParkedReadAnsweredFromTheWritersBufferKeepsItsBytesForASeekBack) {
+  // A write that completes a waiting read answers it from the write's own
+  // buffer (no copy); the bytes must still be in the stream afterwards.
+  auto w = writer(v, "s");
+  auto r = reader(v, "s");
+  ReadLog log;
+  ASSERT_TRUE(is_parked(v.read(*r, r.off, 4, 0, log.cb(&r))));
+  std::string buf = "wxyz1234";
+  ASSERT_EQ(write_now(v, *w, 0, buf).value(), 8u);
+  buf.assign(buf.size(), '#');  // the writer reuses its buffer at once
+  EXPECT_EQ(log.calls, 1);
+  EXPECT_EQ(log.data, "wxyz");
+  r.off = 0;  // seek back within the last read
+  EXPECT_EQ(read_now(v, r, 4).value(), "wxyz");
+  EXPECT_EQ(read_now(v, r, 100).value(), "1234");
+  // A read waiting beyond what one write brings gets what there is.
+  ASSERT_TRUE(is_parked(v.read(*r, r.off, 100, 0, log.cb(&r))));
+  ASSERT_EQ(write_now(v, *w, 8, "56").value(), 2u);
+  EXPECT_EQ(log.calls, 2);
+  EXPECT_EQ(log.data, "56");
+  v.release(std::move(w));
+  EXPECT_EQ(read_now(v, r, 100).value(), "");
+  v.release(std::move(r));
+}
+
 TEST_F(Streams, ParkedReadGetsEOFWhenTheLastWriterLeaves) {
   auto w1 = writer(v, "s");
   auto w2 = writer(v, "s");
