@@ -96,6 +96,18 @@ TEST(Install, LinecountBuildsAgainstTheInstalledLibraryAndRuns) {
   // 4. Run it on a real mount, with the installed library.
   const std::string mnt = dest.at("mnt");
   ASSERT_EQ(::mkdir(mnt.c_str(), 0755), 0);
+  // A failed assertion below kills linecount (Child's destructor), which
+  // would leave its mount behind, dead, and the temp dir with it: detach
+  // it first. Declared before `lc`, so it runs after lc is gone.
+  struct DetachIfMounted {
+    std::string mp;
+    ~DetachIfMounted() {
+      try {
+        if (is_mountpoint(mp)) (void)run({"fusermount3", "-uz", "--", mp}, 10s);
+      } catch (...) {
+      }
+    }
+  } detach{mnt};
   SpawnOptions run_env;
   run_env.env = {"LD_LIBRARY_PATH=" + libdir};
   Child lc = Child::spawn({exe, mnt}, run_env);
