@@ -4,6 +4,7 @@ summarize() turns the raw samples (one per round) into median/min/max and
 ratios; markdown() renders the report. Targets are shown as "met"/"missed"
 for reading only: nothing fails on a number.
 """
+import itertools
 import statistics
 
 KiB = 1024
@@ -16,6 +17,9 @@ CHURN_TARGET_VS_FIFO = 20.0
 LAT_TARGET_P50_US = 5.0
 LAT_TARGET_P99_US = 20.0
 RSS_TARGET_OVER_CAP_MIB = 64
+# The rss section runs once with the spill tier off (writers stall on the
+# cap, parked) and once as mounted by default (what does not fit spills).
+RSS_MODES = ["no-spill", "spill"]
 
 
 def stats(values):
@@ -121,8 +125,7 @@ def summarize(results, cfg, consumers):
 
     rs = results.get("rss", {})
     rows = []
-    for mode, chunk, pin in ((m, c, p) for m in ("no-spill", "spill") for c in cfg["rss"]["chunks"]
-                             for p in ("pinned", "free")):
+    for mode, chunk, pin in itertools.product(RSS_MODES, cfg["rss"]["chunks"], ("pinned", "free")):
         got = rs.get(f"{chunk}|{pin}|{mode}")
         if not got:
             continue
