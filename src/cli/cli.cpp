@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstring>
 #include <string>
@@ -91,6 +92,7 @@ struct MountArgs {
   std::string spill_dir;  // "": $TMPDIR or /tmp
   std::string spill_limit = "8G";
   bool no_spill = false;
+  double stall_time = 2.0;  // seconds; 0: writes wait as long as it takes
   int ready_fd = -1;
   unsigned threads = 16;
   std::string exec;
@@ -185,6 +187,7 @@ int run_mount(const MountArgs& a) {
   opt.spill = !a.no_spill;
   opt.spill_dir = a.spill_dir;
   opt.spill_limit = size_or_throw("--spill-limit", a.spill_limit);
+  opt.stall_time = std::chrono::milliseconds(static_cast<std::int64_t>(a.stall_time * 1000.0 + 0.5));
   opt.debug = a.debug;
   opt.fuse_threads = a.threads;
   opt.hold = a.hold;
@@ -380,11 +383,23 @@ int tool_main(int argc, char** argv) {
   auto* spill_limit = mount->add_option(
       "--spill-limit", m.spill_limit,
       "Cap on spilled bytes, all streams together (K/M/G suffixes; at least 2M). When it is "
-      "reached too (or the disk is full), writers wait for a reader as without spilling")
+      "reached too (or the disk is full), a write waits at most --stall-time for a reader to make "
+      "room, then fails with ENOSPC")
                           ->capture_default_str()->type_name("SIZE");
+  mount->add_option("--stall-time", m.stall_time,
+                    "Seconds a write may wait for its consumer to make room (0.1 steps; 0: no limit). "
+                    "After it the stream spills as if it had no consumer, which reads the spilled bytes "
+                    "later, in order; if the spill tier cannot take them (--spill-limit reached, disk "
+                    "full) the write fails with ENOSPC and the stream is aborted, logged with its path. "
+                    "A waiting write holds its file's inode lock in the kernel: rm, mv and chmod of that "
+                    "file by any process wait with it")
+      ->capture_default_str()
+      ->type_name("SECONDS")
+      ->check(CLI::Range(0.0, 3600.0));
   mount->add_flag("--no-spill", m.no_spill,
-                  "Never spill: once the memory caps are reached, writers wait until a reader drains "
-                  "(a tool whose output nobody reads before it exits then never finishes)")
+                  "Never spill: once the memory caps are reached, writers wait until a reader drains, "
+                  "however long (a tool whose output nobody reads before it exits then never finishes, "
+                  "and rm, mv and chmod of a file whose writer waits wait with it, uninterruptibly)")
       ->excludes(spill_dir)
       ->excludes(spill_limit);
   mount->add_option("--ready-fd", m.ready_fd, "Write \"ready\\n\" to this file descriptor once the mount is live, then close it")

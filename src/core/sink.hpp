@@ -70,6 +70,14 @@ class Observer {
   virtual void ended(std::uint64_t id, const StreamEnd& end) = 0;
 };
 
+/// \brief On what a stream's writer waits (StreamStats::wait).
+enum class WaitReason : std::uint8_t {
+  none,         ///< no write is waiting
+  consumer,     ///< for its consumer to take bytes (memory caps reached)
+  memory,       ///< for memory, with nowhere to spill (--no-spill, or a write larger than the spill limit)
+  spill_limit,  ///< the spill limit is reached, or the spill disk is full
+};
+
 /// \brief One live stream, for `capturefs status`.
 struct StreamStats {
   StreamInfo info;
@@ -79,6 +87,8 @@ struct StreamStats {
   std::uint64_t spilled = 0;    ///< of the bytes not yet consumed, those in the spill file
   int writers = 0;
   bool consumer = false;        ///< a reader or a push consumer has it
+  WaitReason wait = WaitReason::none;  ///< on what its oldest parked write waits
+  std::int64_t waited_ns = 0;   ///< for how long (0 if none waits)
 };
 
 }  // namespace capturefs::core

@@ -17,6 +17,12 @@ timespec now() {
   return ts;
 }
 
+std::int64_t mono_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
 void Effects::merge_woken(std::vector<std::weak_ptr<Stream>> w) {
   if (woken.empty()) {
     woken = std::move(w);
@@ -257,6 +263,8 @@ Stream::Apply Stream::try_apply(std::uint64_t off, std::span<const std::byte> da
         *res = Errno{(stream_full || !fits_memory) && !may_spill ? EFBIG : ENOSPC};
         return Apply::Done;
       }
+      noroom_ = may_spill ? WaitReason::spill_limit
+                          : (reader_ || push_) ? WaitReason::consumer : WaitReason::memory;
       return Apply::NoRoom;
     }
   }
@@ -444,6 +452,7 @@ void Stream::consume_to(std::uint64_t pos, Effects& fx) {
     maybe_drop_file(fx);
   }
   base_ = pos;
+  if (spill_.empty()) stalled_ = false;  // the consumer caught up: memory again
 }
 
 void Stream::drop_all(Effects& fx) {
@@ -834,7 +843,7 @@ Outcome<std::size_t> Stream::write(std::uint64_t off, std::span<const std::byte>
     file_opened(std::move(f), fx);
   }
   writes_.push_back(PendingWrite{key, off, std::vector<std::byte>(data.begin(), data.end()),
-                                 std::move(done), key == 0, false});
+                                 std::move(done), key == 0, false, 0, mono_ns()});
   park_key(key);
   return Parked{};
 }
@@ -997,6 +1006,62 @@ void Stream::fail_parked(int err, Effects& fx) {
   reads_.clear();
 }
 
+WaitReason Stream::wait_reason() const {
+  if (writes_.empty()) return WaitReason::none;
+  return noroom_ == WaitReason::none ? WaitReason::memory : noroom_;
+}
+
+Stall Stream::check_stall(std::int64_t now_ns, std::int64_t stall_ns, Effects& fx) {
+  std::lock_guard lk(mu_);
+  Stall out;
+  if (reported_since_ != 0 &&
+      std::none_of(writes_.begin(), writes_.end(),
+                   [&](const PendingWrite& w) { return w.since_ns == reported_since_; })) {
+    out.kind = Stall::Kind::Resumed;
+    out.waited_ns = now_ns - reported_since_;
+    reported_since_ = 0;
+    return out;
+  }
+  if (stall_ns <= 0 || writes_.empty()) return out;
+  const PendingWrite& w = writes_.front();
+  // Unarmed, or its bytes are on their way to the spill file, or the file
+  // is being opened for it: it is moving.
+  if (!w.armed || w.in_flight != 0 || opening_) return out;
+  const std::int64_t since = w.since_ns;
+  if (now_ns - since < stall_ns) return out;
+  out.on = wait_reason();
+  out.waited_ns = now_ns - since;
+  if (spill_store_ == nullptr) {  // --no-spill: pure backpressure, reported once
+    if (reported_since_ == since) return Stall{};
+    reported_since_ = since;
+    out.kind = Stall::Kind::Waiting;
+    return out;
+  }
+  if (!stalled_ && (reader_ || push_)) {
+    // Its consumer made no room in time: spill as if it had none.
+    stalled_ = true;
+    progress(fx);
+    out.kind = Stall::Kind::Spilling;
+    if (writes_.empty() || writes_.front().since_ns != since) return out;
+    const PendingWrite& again = writes_.front();
+    if (again.in_flight != 0 || opening_) return out;  // on its way to the file
+    out.on = wait_reason();
+  }
+  // Nothing can take the bytes (the spill limit is reached, the disk is
+  // full, or the write is larger than the limit): fail like a full disk.
+  out.kind = Stall::Kind::Failed;
+  if (abort_reason_.empty()) {
+    abort_reason_ = fmt::format(
+        "no space: a write waited {:.1f} s and the spill tier could not take it ({})",
+        static_cast<double>(out.waited_ns) / 1e9,
+        spill_blocked() ? "the spill disk is full or no spill file could be opened"
+                        : fmt::format("spill limit {} bytes reached", spill_store_->limit()));
+  }
+  abort_errno_ = ENOSPC;
+  discard(fx);
+  return out;
+}
+
 void Stream::discard(Effects& fx) {
   discard_ = true;
   const std::uint64_t e = end();
@@ -1073,6 +1138,8 @@ void Stream::stats(StreamStats* out, timespec t) {
   out->writers = writers_;
   out->consumer = reader_ || push_ != nullptr;
   out->spilled = spill_.size();
+  out->wait = wait_reason();
+  out->waited_ns = writes_.empty() ? 0 : mono_ns() - writes_.front().since_ns;
   const double dt = static_cast<double>(t.tv_sec - rate_time_.tv_sec) +
                     static_cast<double>(t.tv_nsec - rate_time_.tv_nsec) / 1e9;
   if (rate_time_.tv_sec == 0) {

@@ -113,6 +113,23 @@ struct Pull {
                                  // was told nothing yet need not be told
 };
 
+/// \brief What Stream::check_stall() did.
+struct Stall {
+  enum class Kind : std::uint8_t {
+    None,      ///< nothing to report
+    Spilling,  ///< the oldest write waited too long: the stream spills now
+    Failed,    ///< nothing could take its bytes: it failed with ENOSPC, the stream is aborted
+    Waiting,   ///< it waits on (no spill tier: --no-spill); reported once per write
+    Resumed,   ///< a write reported as Waiting has been answered
+  };
+  Kind kind = Kind::None;
+  WaitReason on = WaitReason::none;
+  std::int64_t waited_ns = 0;
+};
+
+/// \brief Monotonic nanoseconds (CLOCK_MONOTONIC), for stall times.
+std::int64_t mono_ns();
+
 /// \brief What Stream::release() found.
 struct Released {
   bool done = false;    ///< fully delivered: the name can go
@@ -214,6 +231,15 @@ class Stream : public std::enable_shared_from_this<Stream> {
   void pump(Effects& fx);
   /// \brief Ends every parked op with `err` (shutdown).
   void fail_parked(int err, Effects& fx);
+  /// \brief The stall rule ("never hang"): a write parked for `stall_ns` or
+  /// longer stops waiting for a consumer that does not make room. The
+  /// stream is treated as having no consumer and spills (its consumer reads
+  /// the spilled bytes later, in order); if the spill tier cannot take the
+  /// bytes either (limit reached, disk full, write larger than the limit),
+  /// the write fails with ENOSPC and the stream is aborted with a reason
+  /// its consumer sees. Without a spill tier (--no-spill) the write keeps
+  /// waiting. `now_ns` is mono_ns().
+  Stall check_stall(std::int64_t now_ns, std::int64_t stall_ns, Effects& fx);
 
   /// \brief The name is gone. Without a consumer the bytes are dropped and
   /// later writes are accepted and discarded.
@@ -244,6 +270,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
     bool armed;
     bool cancelled;
     std::uint64_t in_flight = 0;  // != 0: its bytes are being written to the spill file (an id)
+    std::int64_t since_ns = 0;    // when it parked (mono_ns)
   };
   // A write's bytes placed in the spill file but not yet part of the stream
   // (see SPILLING). Counted in file_io_ while `file` is set.
@@ -303,7 +330,13 @@ class Stream : public std::enable_shared_from_this<Stream> {
   void request_file(Effects& fx);
   void file_opened(Result<std::shared_ptr<SpillFile>> f, Effects& fx);
   // The stream may spill a new tier now (no consumer, or held).
-  bool may_start_spill() const { return spill_store_ != nullptr && (held() || (!reader_ && !push_)); }
+  // A consumer that let a write wait for the stall time counts as none
+  // (stalled_, see check_stall()).
+  bool may_start_spill() const {
+    return spill_store_ != nullptr && (held() || stalled_ || (!reader_ && !push_));
+  }
+  // On what the oldest parked write waits (for status and the stall log).
+  WaitReason wait_reason() const;
   bool spill_blocked() const { return spill_blocked_ && spill_store_->freed() == blocked_at_; }
   void block_spill() {
     spill_blocked_ = true;
@@ -381,6 +414,12 @@ class Stream : public std::enable_shared_from_this<Stream> {
   bool hold_ = false;      // --hold: see set_hold()
   bool linger_ = false;    // closed empty; the end waits for end_linger()
   bool unlinked_end_ = false;  // the push consumer's end is an unlink
+  // The consumer let a write wait for the stall time: the stream spills as
+  // if it had none, until the consumer has read the spill tier.
+  bool stalled_ = false;
+  WaitReason noroom_ = WaitReason::none;  // why try_apply() last said NoRoom
+  std::int64_t reported_since_ = 0;  // since_ns of the write check_stall() reported waiting
+  std::int64_t resumed_ns_ = 0;      // that write was answered after waiting this long
   // Push consumer (exclusive with reader_).
   std::shared_ptr<PushTarget> push_;
   std::uint64_t push_id_ = 0;

@@ -61,6 +61,9 @@ struct Policy {
   /// Where bytes that do not fit the memory limits go while nobody reads
   /// them (stream.hpp, SPILLING). Null: nowhere, writers wait.
   std::shared_ptr<SpillStore> spill;
+  /// The stall time (Stream::check_stall): a write parked this long stops
+  /// waiting for its consumer. 0: writes wait as long as it takes.
+  std::int64_t stall_ns = 2'000'000'000;
 };
 
 struct StatFs {
@@ -153,6 +156,12 @@ class Volume {
   /// \brief Applies the exits of creating processes that are gone by now
   /// (empty files end, delivered names go) before the caller goes on.
   void sync_exits();
+  /// \brief Applies the stall rule to every stream with a parked write
+  /// (Stream::check_stall) and logs, with the path, each write that waited
+  /// longer than the stall time, spilled, failed, or resumed. Called every
+  /// tick by the front end's housekeeping thread (and by tests); `now_ns`
+  /// is mono_ns(). Takes no lock the caller may hold.
+  void check_stalls(std::int64_t now_ns);
   /// \brief Every live stream that has a name, oldest first.
   std::vector<StreamStats> snapshot();
 
@@ -273,6 +282,13 @@ class Volume {
  private:
   std::unordered_map<std::int32_t, std::vector<Ino>> retired_by_pid_;
   std::deque<Ino> retired_order_;
+
+  // check_stalls(): the path of a stream, for the log ("" if it has none).
+  std::string path_of_stream(const Stream* s);
+  // Streams whose writer was logged waiting, to log its resumption.
+  // Lock order: a leaf; taken with no other lock held.
+  std::mutex stall_mu_;
+  std::vector<std::weak_ptr<Stream>> stall_reported_;  // guarded by stall_mu_
 };
 
 }  // namespace capturefs::core

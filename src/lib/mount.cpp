@@ -2,6 +2,7 @@
 // FUSE session and push delivery. The capturefs CLI is built on it too.
 #include <malloc.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -140,12 +141,18 @@ void Consumer::close() { impl_.reset(); }
 
 // ---- Mount ----------------------------------------------------------------------
 
-// Gives memory freed after a burst back to the system (core/trim.hpp):
-// samples the volume's load once a second, on its own thread.
-class Trimmer {
+// The volume's housekeeping, on its own thread: the stall rule every tick
+// (core::Volume::check_stalls), and a sample of the load once a second to
+// give memory freed after a burst back to the system (core/trim.hpp).
+class Housekeeper {
  public:
-  explicit Trimmer(core::Volume& v) : vol_(v), thread_([this] { run(); }) {}
-  ~Trimmer() {
+  Housekeeper(core::Volume& v, std::chrono::milliseconds stall)
+      : vol_(v),
+        tick_(stall.count() == 0 ? std::chrono::milliseconds(250)
+                                 : std::clamp(stall / 8, std::chrono::milliseconds(10),
+                                              std::chrono::milliseconds(250))),
+        thread_([this] { run(); }) {}
+  ~Housekeeper() {
     {
       std::lock_guard lk(mu_);
       stop_ = true;
@@ -153,25 +160,31 @@ class Trimmer {
     cv_.notify_all();
     thread_.join();
   }
-  Trimmer(const Trimmer&) = delete;
-  Trimmer& operator=(const Trimmer&) = delete;
+  Housekeeper(const Housekeeper&) = delete;
+  Housekeeper& operator=(const Housekeeper&) = delete;
 
  private:
   void run() {
     core::TrimPolicy policy;
+    auto next_trim = std::chrono::steady_clock::now() + std::chrono::seconds(1);
     std::unique_lock lk(mu_);
-    while (!cv_.wait_for(lk, std::chrono::seconds(1), [&] { return stop_; })) {
+    while (!cv_.wait_for(lk, tick_, [&] { return stop_; })) {
       lk.unlock();  // no lock of ours across the volume or malloc_trim
-      const core::TrimPolicy::Load now{vol_.statfs().files, vol_.memory_used()};
-      if (policy.observe(now)) {
-        const int gave = ::malloc_trim(0);
-        log::debug("memory: load fell to {} files, {} bytes: malloc_trim {}", now.files, now.bytes,
-                         gave != 0 ? "gave memory back" : "found nothing to give back");
+      vol_.check_stalls(core::mono_ns());
+      if (std::chrono::steady_clock::now() >= next_trim) {
+        next_trim += std::chrono::seconds(1);
+        const core::TrimPolicy::Load now{vol_.statfs().files, vol_.memory_used()};
+        if (policy.observe(now)) {
+          const int gave = ::malloc_trim(0);
+          log::debug("memory: load fell to {} files, {} bytes: malloc_trim {}", now.files, now.bytes,
+                     gave != 0 ? "gave memory back" : "found nothing to give back");
+        }
       }
       lk.lock();
     }
   }
   core::Volume& vol_;
+  const std::chrono::milliseconds tick_;
   std::mutex mu_;  // guards stop_; leaf
   std::condition_variable cv_;
   bool stop_ = false;
@@ -183,9 +196,10 @@ struct Mount::Impl {
   // the session unmounts, and the volume outlives both.
   std::string mountpoint;
   std::string spill_dir;  // "" when not spilling
+  std::chrono::milliseconds stall_time{0};
   std::unique_ptr<core::Volume> vol;
   std::unique_ptr<fuse::Session> session;
-  std::unique_ptr<Trimmer> trimmer;  // started with serving (after a daemonize's fork)
+  std::unique_ptr<Housekeeper> housekeeper;  // started with serving (after a daemonize's fork)
   std::thread server;
   std::mutex mu;  // guards `unmounted`; leaf
   bool unmounted = false;
@@ -200,7 +214,7 @@ struct Mount::Impl {
       session->stop();
       server.join();
     }
-    trimmer.reset();
+    housekeeper.reset();
     session.reset();  // answers parked requests, unmounts
   }
 };
@@ -219,6 +233,8 @@ Mount::Mount(const Options& opt, bool serve_now) : impl_(std::make_unique<Impl>(
   if (!opt.hold.empty()) policy.hold = core::glob_filter(opt.hold);
   policy.exits = core::make_pidfd_exit_watch();
   policy.spill = make_spill(opt, &impl_->spill_dir);
+  policy.stall_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(opt.stall_time).count();
+  impl_->stall_time = opt.stall_time;
   impl_->vol = std::make_unique<core::Volume>(limits, std::move(policy));
   fuse::SessionOptions so;
   so.mountpoint = *abs;
@@ -229,7 +245,7 @@ Mount::Mount(const Options& opt, bool serve_now) : impl_(std::make_unique<Impl>(
   impl_->session = fuse::Session::mount(*impl_->vol, so, &error);
   if (!impl_->session) fail(EIO, error);
   if (serve_now) {
-    impl_->trimmer = std::make_unique<Trimmer>(*impl_->vol);
+    impl_->housekeeper = std::make_unique<Housekeeper>(*impl_->vol, opt.stall_time);
     impl_->server = std::thread([s = impl_->session.get()] { s->serve(); });
   }
 }
@@ -261,7 +277,8 @@ const std::string& Mount::spill_dir() const { return impl_->spill_dir; }
 void Mount::unmount() { impl_->stop(); }
 void Mount::daemonize() { impl_->session->daemonize(); }
 int Mount::serve() {
-  if (!impl_->trimmer) impl_->trimmer = std::make_unique<Trimmer>(*impl_->vol);
+  if (!impl_->housekeeper)
+    impl_->housekeeper = std::make_unique<Housekeeper>(*impl_->vol, impl_->stall_time);
   return impl_->session->serve();
 }
 

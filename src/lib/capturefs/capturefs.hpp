@@ -29,6 +29,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <ctime>
@@ -71,6 +72,15 @@ struct Options {
   /// off, a spill_dir given here that cannot makes the constructor throw.
   std::string spill_dir;
   std::uint64_t spill_limit = 8ULL << 30;    ///< bytes in spill files, all streams (>= 2 MiB)
+  /// The stall time ("never hang"): a write that has waited this long for
+  /// its consumer to make room stops waiting. The stream spills as if it
+  /// had no consumer (the consumer reads the spilled bytes later, in
+  /// order); if the spill tier cannot take the bytes either (spill_limit
+  /// reached, disk full), the write fails with ENOSPC and the stream is
+  /// aborted with the reason. Without spilling, writes wait as long as it
+  /// takes. 0: no stall rule. A waiting write holds the file's inode lock
+  /// in the kernel, so unlink, rename and chmod of that file wait with it.
+  std::chrono::milliseconds stall_time{2000};
 };
 
 /// \brief A stream handed to a consumer.
