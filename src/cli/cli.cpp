@@ -4,13 +4,19 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <poll.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -270,24 +276,82 @@ int run_mount(const MountArgs& a) {
   }
   const int rc = m->serve();
   const std::string mp = m->mountpoint();
-  // Before unmounting: the unmount releases the handles of writers still
-  // open, which would end their streams as if complete.
-  if (runner) runner->stop_feeding();
-  if (srv) {
-    // Before unmounting: the unmount releases the writers' handles, and a
-    // consumer would then be told that a stream cut short is complete.
-    // Consumers get CLOSED "shutdown" and ERROR shutdown instead.
-    srv->stop();  // removes the socket path, ends every connection (quick)
-    srv.reset();
+  // Unmounted (fusermount3 -u, capturefs umount, or a signal): nothing new
+  // can be opened. What a push consumer has or will take is delivered to
+  // the end first; what nobody will read is discarded and named. A second
+  // SIGINT, SIGTERM or SIGHUP cuts the rest. The signals are blocked here
+  // (the other threads have them blocked already) and taken with
+  // sigtimedwait, so no handler runs while the volume is being finished.
+  sigset_t stop_set;
+  sigemptyset(&stop_set);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&stop_set, sig);
+  pthread_sigmask(SIG_BLOCK, &stop_set, nullptr);
+  auto second_signal = [&stop_set](int wait_ms) {
+    timespec t{wait_ms / 1000, static_cast<long>(wait_ms % 1000) * 1000000L};
+    const int sig = sigtimedwait(&stop_set, nullptr, &t);
+    return sig > 0 ? sig : 0;
+  };
+  int cut_by = 0;
+  auto last_note = std::chrono::steady_clock::now() - std::chrono::seconds(10);
+  bool announced = false;
+  const FinishReport report = m->finish([&](std::size_t streams, std::uint64_t bytes) {
+    if (const int sig = second_signal(0); sig != 0) {
+      cut_by = sig;
+      return false;
+    }
+    const auto t = std::chrono::steady_clock::now();
+    if (!announced) {
+      log::warn("unmounted {}: delivering {} stream{} ({}) before exiting; SIGTERM again cuts them",
+                mp, streams, streams == 1 ? "" : "s", core::format_size(bytes));
+      announced = true;
+      last_note = t;
+    } else if (t - last_note >= std::chrono::seconds(5)) {
+      log::info("unmount: {} stream{} ({}) left to deliver", streams, streams == 1 ? "" : "s",
+                core::format_size(bytes));
+      last_note = t;
+    }
+    return true;
+  });
+  auto list = [](const std::vector<Leftover>& v) {
+    std::uint64_t total = 0;
+    std::string names;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      total += v[i].bytes;
+      if (i < 20) names += (i == 0 ? "" : ", ") + log_quote(v[i].path);
+    }
+    if (v.size() > 20) names += fmt::format(" and {} more", v.size() - 20);
+    return std::make_pair(core::format_size(total), names);
+  };
+  if (!report.discarded.empty()) {
+    const auto [size, names] = list(report.discarded);
+    log::warn("{} unread stream{} ({}) discarded at unmount: {}", report.discarded.size(),
+              report.discarded.size() == 1 ? "" : "s", size, names);
+  }
+  if (!report.cut.empty()) {
+    const auto [size, names] = list(report.cut);
+    const char* sig = sigabbrev_np(cut_by);
+    log::error("{} stream{} ({} not delivered) cut by a second SIG{}: {}", report.cut.size(),
+               report.cut.size() == 1 ? "" : "s", size, sig != nullptr ? sig : "NAL", names);
   }
   if (runner) {
-    // Unmount first (the volume stays), so that nothing touching the mount
-    // hangs while the commands are stopped and waited for.
-    m->unmount();
+    // Every stream was fed (or cut); the commands finish their work. A
+    // second signal stops waiting for them.
+    bool noted = false;
+    while (cut_by == 0 && !runner->running().empty()) {
+      if (!noted) {
+        log::info("unmount: waiting for {} command(s) to finish", runner->running().size());
+        noted = true;
+      }
+      cut_by = second_signal(100);
+    }
     runner->stop();
     runner.reset();
   }
-  m.reset();  // answers parked requests, unmounts
+  if (srv) {
+    srv->stop();  // removes the socket path, ends every connection (quick)
+    srv.reset();
+  }
+  m.reset();
   log::info("unmounted {}", mp);
   return rc == 0 ? 0 : 1;
 }
@@ -316,7 +380,39 @@ bool is_dead_fuse_mount(const std::string& abs) {
   return false;
 }
 
-int run_umount(const std::string& mountpoint, bool lazy) {
+// The daemon serving `abs` (the root's user.capturefs.pid), as a pidfd to
+// wait on; -1 if it cannot be told (an older daemon, not capturefs).
+int daemon_pidfd(const std::string& abs, pid_t* pid) {
+  char buf[32] = {};
+  const ssize_t n = ::getxattr(abs.c_str(), "user.capturefs.pid", buf, sizeof buf - 1);
+  if (n <= 0) return -1;
+  *pid = static_cast<pid_t>(std::strtol(buf, nullptr, 10));
+  if (*pid <= 0) return -1;
+  return static_cast<int>(::syscall(SYS_pidfd_open, *pid, 0));
+}
+
+// Waits for the daemon to exit once unmounted: it delivers what push
+// consumers have or will take first (see run_mount).
+void wait_for_daemon(int pidfd, pid_t pid, const std::string& mountpoint) {
+  const auto t0 = std::chrono::steady_clock::now();
+  bool said = false;
+  for (;;) {
+    pollfd p{pidfd, POLLIN, 0};
+    const int r = ::poll(&p, 1, 1000);
+    if (r > 0 || (r < 0 && errno != EINTR)) break;
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    if (!said && waited >= std::chrono::seconds(1)) {
+      std::fprintf(stderr,
+                   "capturefs umount: %s is unmounted; its daemon (pid %d) is delivering what its "
+                   "consumers hold (kill -TERM %d cuts it; --no-wait does not wait)\n",
+                   mountpoint.c_str(), static_cast<int>(pid), static_cast<int>(pid));
+      said = true;
+    }
+  }
+  ::close(pidfd);
+}
+
+int run_umount(const std::string& mountpoint, bool lazy, bool no_wait) {
   std::string abs = mountpoint;
   if (char real[PATH_MAX]; realpath(mountpoint.c_str(), real) != nullptr) abs = real;
   const auto fs = detail::mounted_fstype(abs);
@@ -332,6 +428,12 @@ int run_umount(const std::string& mountpoint, bool lazy) {
   }
   // fusermount3 works for root and for the user who mounted, and cleans up
   // dead mounts (ENOTCONN) too.
+  pid_t daemon = 0;
+  const int pidfd = no_wait ? -1 : daemon_pidfd(abs, &daemon);
+  auto done = [&] {
+    if (pidfd >= 0) wait_for_daemon(pidfd, daemon, mountpoint);
+    return 0;
+  };
   std::vector<std::string> args = {"fusermount3", lazy ? "-uz" : "-u", "--", abs};
   std::vector<char*> argv;
   for (auto& s : args) argv.push_back(s.data());
@@ -342,10 +444,11 @@ int run_umount(const std::string& mountpoint, bool lazy) {
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return done();
   }
   // Without fusermount3 (or if it failed), root can still detach the mount.
-  if (geteuid() == 0 && umount2(abs.c_str(), lazy ? MNT_DETACH : 0) == 0) return 0;
+  if (geteuid() == 0 && umount2(abs.c_str(), lazy ? MNT_DETACH : 0) == 0) return done();
+  if (pidfd >= 0) ::close(pidfd);
   log::error("cannot unmount {}: {}", mountpoint,
              rc != 0 ? "fusermount3 not found" : "see the message above (busy? try --lazy)");
   return 1;
@@ -431,11 +534,20 @@ int tool_main(int argc, char** argv) {
 
   std::string umount_point;
   bool lazy = false;
+  bool no_wait = false;
   auto* umount = app.add_subcommand("umount", "Unmount a capture directory (same as fusermount3 -u)");
   umount->alias("unmount");
   umount->add_option("MOUNTPOINT", umount_point, "The mounted directory")->required();
   umount->add_flag("-z,--lazy", lazy, "Detach now even if files are still open");
-  umount->footer("\nA mount whose daemon has died (transport endpoint is not connected) is always\n"
+  umount->add_flag("--no-wait", no_wait,
+                   "Return once unmounted, without waiting for the daemon to deliver what its "
+                   "consumers (--exec, socket, callbacks) hold");
+  umount->footer("\nOnce unmounted, nothing new can be opened. The daemon then delivers to the end\n"
+                 "every stream a push consumer (--exec, socket subscriber, callback) has or will take,\n"
+                 "commands waiting their turn included, and discards the streams nobody will read,\n"
+                 "naming them in its log; umount waits for it unless --no-wait. A second SIGTERM to\n"
+                 "the daemon cuts the deliveries left, and its log names them.\n"
+                 "A mount whose daemon has died (transport endpoint is not connected) is always\n"
                  "detached, even with files still open on it (they can only fail).");
 
   // Socket clients (the daemon must run with --socket PATH).
@@ -483,7 +595,7 @@ int tool_main(int argc, char** argv) {
     if (m.exec_given && m.exec.find_first_not_of(" \t\n") == std::string::npos)
       throw CLI::ValidationError("--exec", "the command is empty");
     if (*mount) return run_mount(m);
-    if (*umount) return run_umount(umount_point, lazy);
+    if (*umount) return run_umount(umount_point, lazy, no_wait);
     if (*cat) return run_cat(cat_args);
     if (*watch) return run_watch(watch_args);
     if (*status) return run_status(status_args);

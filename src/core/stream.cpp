@@ -135,6 +135,27 @@ bool Stream::add_writer() {
   return true;
 }
 
+void Stream::note_writer(std::int32_t pid) {
+  std::lock_guard lk(mu_);
+  writer_pids_.push_back(pid);
+}
+
+void Stream::forget_writer(std::int32_t pid) {
+  std::lock_guard lk(mu_);
+  if (auto it = std::find(writer_pids_.begin(), writer_pids_.end(), pid); it != writer_pids_.end())
+    writer_pids_.erase(it);
+}
+
+std::vector<std::int32_t> Stream::writer_pids() const {
+  std::lock_guard lk(mu_);
+  return writer_pids_;
+}
+
+bool Stream::holds() const {
+  std::lock_guard lk(mu_);
+  return hold_;
+}
+
 void Stream::end_linger(Effects& fx) {
   std::lock_guard lk(mu_);
   if (!linger_) return;
@@ -195,6 +216,11 @@ bool Stream::delivered() const {
 bool Stream::fully_read() const {
   std::lock_guard lk(mu_);
   return writers_ == 0 && eof_seen_ && delivered_ == end() && writes_.empty();
+}
+
+std::uint64_t Stream::unconsumed() const {
+  std::lock_guard lk(mu_);
+  return end() - base_;
 }
 
 std::uint64_t Stream::spilled() const {

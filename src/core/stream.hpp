@@ -195,6 +195,13 @@ class Stream : public std::enable_shared_from_this<Stream> {
   /// creating process may reopen the file: zip's probe, create-then-write
   /// tools). Read-through readers are not held back.
   [[nodiscard]] Released release(Role role, bool may_linger, Effects& fx);
+  /// \brief The threads (as FUSE names callers) that have it open for
+  /// writing: one entry per writer handle (see Volume::open, self-reads).
+  void note_writer(std::int32_t pid);
+  void forget_writer(std::int32_t pid);
+  std::vector<std::int32_t> writer_pids() const;
+  /// \brief --hold applies to it (set_hold).
+  bool holds() const;
   /// \brief The creating process is gone: an empty stream may end now.
   void end_linger(Effects& fx);
 
@@ -260,6 +267,8 @@ class Stream : public std::enable_shared_from_this<Stream> {
   bool fully_read() const;
   /// \brief Bytes in the spill tier (for tests and status).
   std::uint64_t spilled() const;
+  /// \brief Bytes written and not yet consumed (acknowledged), both tiers.
+  std::uint64_t unconsumed() const;
 
  private:
   struct PendingWrite {
@@ -432,6 +441,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
   std::uint64_t rate_ = 0;
   int abort_errno_ = 0;  // what writes get once aborted (0: discarded)
   Meta meta_;
+  std::vector<std::int32_t> writer_pids_;  // one per writer handle (note_writer)
   std::deque<PendingWrite> writes_;
   std::deque<PendingRead> reads_;
 };

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "core/proc.hpp"
+
 namespace capturefs::core {
 
 namespace {
@@ -659,14 +661,14 @@ Result<Volume::Created> Volume::create(Ino parent, std::string_view name, std::u
       apply_hold(*n, fx);
       notify(fx, [info = info_of(*n)](Observer& o) { o.created(info); });
     }
-    auto h = attach(*n, flags, fx);
+    auto h = attach(*n, flags, fx, who);
     if (!h && h.error() == ESTALE) {
       // Its end went out between the check above and now: the name was
       // dropped, so this create makes the new stream after all.
       n = add_node(**d, name, Kind::Stream, mode, who);
       apply_hold(*n, fx);
       notify(fx, [info = info_of(*n)](Observer& o) { o.created(info); });
-      h = attach(*n, flags, fx);
+      h = attach(*n, flags, fx, who);
     }
     if (!h) return Errno{h.error()};
     ++n->nlookup;
@@ -676,7 +678,8 @@ Result<Volume::Created> Volume::create(Ino parent, std::string_view name, std::u
   return out;
 }
 
-Result<std::unique_ptr<Handle>> Volume::attach(Node& n, int flags, Effects& fx) {
+Result<std::unique_ptr<Handle>> Volume::attach(Node& n, int flags, Effects& fx, const Caller& who,
+                                               bool self_read) {
   const Role role = role_of(flags);
   if ((flags & O_TRUNC) && role == Role::Writer) {
     if (auto st = n.stream->truncate(0, fx); !st) return Errno{st.error()};
@@ -687,7 +690,9 @@ Result<std::unique_ptr<Handle>> Volume::attach(Node& n, int flags, Effects& fx) 
   h->nonblock = (flags & O_NONBLOCK) != 0;
   h->creator_pid = n.creator_pid;
   h->stream = n.stream;
-  if (role == Role::Reader) {
+  if (role == Role::Reader && self_read) {
+    h->self_read = true;  // reads read back; not the consumer
+  } else if (role == Role::Reader) {
     auto st = n.stream->add_reader();
     if (st) h->shift = *st;
     else if (st.error() == EBUSY) h->passive = true;  // reads get EBUSY
@@ -700,14 +705,43 @@ Result<std::unique_ptr<Handle>> Volume::attach(Node& n, int flags, Effects& fx) 
       if (NodePtr p = find(n.parent); p && n.linked) let_go(*p, n, fx);
       return Errno{ESTALE};
     }
+    h->opener_pid = who.pid;
+    h->watch_exit = n.stream->holds();
+    n.stream->note_writer(who.pid);
     if (!n.stream->has_consumer()) assign(n, fx);
   }
   return h;
 }
 
-Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags) {
+namespace {
+// The caller is a process that has the stream open for writing.
+bool writes_itself(const Stream& s, std::int32_t pid) {
+  if (pid <= 0) return false;
+  const std::vector<std::int32_t> writers = s.writer_pids();
+  if (writers.empty()) return false;
+  const std::int32_t me = tgid_of(pid);
+  if (me == 0) return false;
+  for (const std::int32_t w : writers) {
+    if (w == pid || (w > 0 && tgid_of(w) == me)) return true;
+  }
+  return false;
+}
+}  // namespace
+
+Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags, const Caller& who) {
   Effects fx;
   Result<std::unique_ptr<Handle>> out = Errno{EIO};
+  // A read-only open by a writer's own process reads back (no lock held
+  // for the /proc look-ups it takes).
+  bool self_read = false;
+  if (role_of(flags) == Role::Reader && who.pid > 0) {
+    std::shared_ptr<Stream> s;
+    {
+      std::lock_guard lk(tree_mu_);
+      if (NodePtr n = find(ino); n && n->kind == Kind::Stream) s = n->stream;
+    }
+    self_read = s && writes_itself(*s, who.pid);
+  }
   {
     std::lock_guard lk(tree_mu_);
     NodePtr n = find(ino);
@@ -723,7 +757,7 @@ Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags) {
       // so that O_CREAT makes a new stream (and a plain open gets ENOENT).
       out = Errno{ESTALE};
     } else {
-      out = attach(*n, flags, fx);
+      out = attach(*n, flags, fx, who, self_read);
     }
   }
   settle(std::move(fx));
@@ -737,7 +771,7 @@ void Volume::abort(Handle& h, std::string reason) {
 }
 
 void Volume::flush(Handle& h) {
-  if (h.role != Role::Reader || h.passive || !h.stream->fully_read()) return;
+  if (h.role != Role::Reader || h.passive || h.self_read || !h.stream->fully_read()) return;
   Effects fx;
   {
     std::lock_guard lk(tree_mu_);
@@ -750,7 +784,8 @@ void Volume::flush(Handle& h) {
 }
 
 void Volume::release(std::unique_ptr<Handle> h) {
-  if (h->passive) return;
+  if (h->passive || h->self_read) return;
+  if (h->role == Role::Writer) h->stream->forget_writer(h->opener_pid);
   Effects fx;
   // A stream closed empty by a writer waits for its creator to exit (or
   // reopen it) before a push consumer sees its end.
@@ -795,7 +830,7 @@ Outcome<std::size_t> Volume::write(Handle& h, std::uint64_t off, std::span<const
 
 Outcome<std::span<const std::byte>> Volume::read(Handle& h, std::uint64_t off, std::size_t size,
                                                  WaitKey key, ReadDone done) {
-  if (h.role != Role::Reader) return h.stream->read_back(off, size);
+  if (h.role != Role::Reader || h.self_read) return h.stream->read_back(off, size);
   if (h.passive) return Result<std::span<const std::byte>>(Errno{EBUSY});
   Effects fx;
   auto out = h.stream->read(h.shift + off, size, h.nonblock, key, std::move(done), fx);

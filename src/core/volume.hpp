@@ -47,6 +47,16 @@ struct Handle {
   /// close work, read() gets EBUSY (rsync opens its temp file so).
   bool passive = false;
   std::int32_t creator_pid = 0;  ///< the process that created the stream
+  std::int32_t opener_pid = 0;   ///< the thread that opened it (writers)
+  /// A read-only open by a process that has the stream open for writing
+  /// itself: its reads read back without consuming (Stream::read_back), as
+  /// on a regular file; it is not the consumer (no self-deadlock: ffmpeg's
+  /// faststart re-reads its own output).
+  bool self_read = false;
+  /// A writer of a held stream: the front end tells the volume when its
+  /// process was killed while it had it open (killed_by_signal at FLUSH),
+  /// so that the file is delivered as incomplete, not as complete.
+  bool watch_exit = false;
   std::shared_ptr<Stream> stream;
 };
 
@@ -118,7 +128,9 @@ class Volume {
   /// (or, if it has one, gives a passive handle whose reads get EBUSY),
   /// anything else adds a writer (ESTALE if the stream was delivered: the
   /// name is gone and a new lookup makes a new stream).
-  Result<std::unique_ptr<Handle>> open(Ino ino, int flags);
+  /// `who`: the caller; a read-only open by a process that has the stream
+  /// open for writing is a self-read (Handle::self_read).
+  Result<std::unique_ptr<Handle>> open(Ino ino, int flags, const Caller& who = {});
   /// \brief A close(2) of the handle (one of possibly several). A consumer
   /// that has read to EOF takes the name with it now, so that the name is
   /// gone when close() returns.
@@ -162,6 +174,22 @@ class Volume {
   /// tick by the front end's housekeeping thread (and by tests); `now_ns`
   /// is mono_ns(). Takes no lock the caller may hold.
   void check_stalls(std::int64_t now_ns);
+  // ---- Unmount ("deliveries finish at unmount", core/drain.cpp). Called
+  // once the front end is gone: no process can open a stream any more.
+  struct Leftover {
+    std::string path;
+    std::uint64_t bytes = 0;  ///< not yet delivered
+  };
+  /// \brief Discards the streams nobody will read: no consumer has them and
+  /// no subscription takes their path. Returns them, oldest first.
+  std::vector<Leftover> discard_unread();
+  /// \brief The streams push consumers still have to deliver (being
+  /// delivered, or waiting their turn), with the bytes left; oldest first.
+  std::vector<Leftover> undelivered();
+  /// \brief Gives up on every stream not yet delivered: one a consumer has
+  /// is ended aborted with `reason`, one waiting its turn goes unannounced.
+  /// Returns them, oldest first.
+  std::vector<Leftover> cut_undelivered(const std::string& reason);
   /// \brief Every live stream that has a name, oldest first.
   std::vector<StreamStats> snapshot();
 
@@ -244,7 +272,8 @@ class Volume {
   void assign(Node& n, Effects& fx);
   void offer_waiting(Effects& fx);
   // Opens stream n for open(2) `flags` (see open()).
-  Result<std::unique_ptr<Handle>> attach(Node& n, int flags, Effects& fx);
+  Result<std::unique_ptr<Handle>> attach(Node& n, int flags, Effects& fx, const Caller& who = {},
+                                         bool self_read = false);
   // Applies --hold to a stream after it got its path.
   void apply_hold(const Node& n, Effects& fx);
   StreamInfo info_of(const Node& n) const;

@@ -20,15 +20,19 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
+#include <csignal>
 #include <cstring>
 #include <memory>
 #include <new>
+#include <string>
 #include <string_view>
 #include <system_error>
 #include <vector>
 
 #include "core/log.hpp"
+#include "core/proc.hpp"
 #include "fuse/reply.hpp"
 
 namespace capturefs::fuse {
@@ -283,7 +287,9 @@ void set_open_flags(fuse_req_t req, fuse_file_info* fi, std::unique_ptr<core::Ha
   // A writer's FLUSH does nothing (a stream ends at its last RELEASE), so
   // close(2) need not wait for one: a request fewer per written file. A
   // reader's is kept: at EOF it drops the name before close returns.
-  fi->noflush = h->role == core::Role::Writer ? 1 : 0;
+  // A writer of a held file keeps its FLUSH: it tells whether the writer
+  // was killed (op_flush), so that a cut file is not delivered as whole.
+  fi->noflush = h->role == core::Role::Writer && !h->watch_exit ? 1 : 0;
   fi->fh = reinterpret_cast<std::uintptr_t>(self(req).adopt(std::move(h)));
 }
 
@@ -309,7 +315,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   checked(req, "open", [&](Reply& r) {
     core::Volume& v = vol(req);
-    auto h = v.open(ino, fi->flags);
+    auto h = v.open(ino, fi->flags, caller(req));
     if (!h) return r.err(h.error());
     set_open_flags(req, fi, std::move(h.value()));
     if (!r.open(*fi)) release_handle(req, fi);
@@ -365,7 +371,22 @@ void op_flush(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
   // close(2) waits for this reply (RELEASE comes later, asynchronously), so
   // a delivered stream's name is dropped here to be gone when close returns.
   checked(req, "flush", [&](Reply& r) {
-    vol(req).flush(handle(fi));
+    core::Handle& h = handle(fi);
+    if (h.watch_exit) {
+      // A held file's writer: a FLUSH from a thread whose process is being
+      // killed comes from its exit closing the file. The file is cut short
+      // and must not be delivered as complete. The thread waits for this
+      // reply, so /proc still has it.
+      const auto pid = caller(req).pid;
+      if (const int sig = core::killed_by_signal(pid); sig != 0) {
+        const char* name = sigabbrev_np(sig);
+        std::string why = fmt::format("its writer (pid {}) was killed by SIG{} while it had the file open",
+                                      pid, name != nullptr ? name : std::to_string(sig));
+        log::warn("{}: {}: delivered as incomplete", vol(req).path_of(h.ino), why);
+        vol(req).abort(h, std::move(why));
+      }
+    }
+    vol(req).flush(h);
     r.ok();
   });
 }
@@ -441,8 +462,28 @@ void op_fsyncdir(fuse_req_t req, fuse_ino_t /*ino*/, int /*datasync*/, fuse_file
 void op_setxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t, int) {
   fuse_reply_err(req, ENOTSUP);
 }
-void op_getxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) { fuse_reply_err(req, ENOTSUP); }
-void op_listxattr(fuse_req_t req, fuse_ino_t, size_t) { fuse_reply_err(req, ENOTSUP); }
+// One exception, on the root only: `user.capturefs.pid` names the daemon,
+// so that `capturefs umount` can wait for it to finish its deliveries.
+constexpr std::string_view kPidXattr = "user.capturefs.pid";
+
+void reply_xattr(fuse_req_t req, std::string_view value, size_t size) {
+  if (size == 0) {
+    fuse_reply_xattr(req, value.size());
+  } else if (size < value.size()) {
+    fuse_reply_err(req, ERANGE);
+  } else {
+    fuse_reply_buf(req, value.data(), value.size());
+  }
+}
+
+void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  if (ino != FUSE_ROOT_ID || name != kPidXattr) return (void)fuse_reply_err(req, ENOTSUP);
+  reply_xattr(req, std::to_string(::getpid()), size);
+}
+void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  if (ino != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOTSUP);
+  reply_xattr(req, std::string(kPidXattr) + '\0', size);
+}
 void op_removexattr(fuse_req_t req, fuse_ino_t, const char*) { fuse_reply_err(req, ENOTSUP); }
 void op_link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { fuse_reply_err(req, EPERM); }
 void op_fallocate(fuse_req_t req, fuse_ino_t, int, off_t, off_t, fuse_file_info*) {

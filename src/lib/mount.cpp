@@ -275,6 +275,29 @@ std::size_t Mount::spill_used() const { return impl_->vol->spill_used(); }
 std::size_t Mount::spill_peak() const { return impl_->vol->spill_peak(); }
 const std::string& Mount::spill_dir() const { return impl_->spill_dir; }
 void Mount::unmount() { impl_->stop(); }
+
+FinishReport Mount::finish(const std::function<bool(std::size_t, std::uint64_t)>& keep_going) {
+  impl_->stop();
+  FinishReport report;
+  auto convert = [](const std::vector<core::Volume::Leftover>& from, std::vector<Leftover>* to) {
+    for (const auto& l : from) to->push_back(Leftover{l.path, l.bytes});
+  };
+  convert(impl_->vol->discard_unread(), &report.discarded);
+  for (;;) {
+    const auto left = impl_->vol->undelivered();
+    if (left.empty()) break;
+    std::uint64_t bytes = 0;
+    for (const auto& l : left) bytes += l.bytes;
+    if (keep_going && !keep_going(left.size(), bytes)) {
+      convert(impl_->vol->cut_undelivered("capturefs was stopped before the stream was delivered"),
+              &report.cut);
+      break;
+    }
+    // The deliveries run on the consumers' threads; this only watches them.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return report;
+}
 void Mount::daemonize() { impl_->session->daemonize(); }
 int Mount::serve() {
   if (!impl_->housekeeper)

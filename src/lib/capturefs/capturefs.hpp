@@ -152,6 +152,18 @@ struct ConsumeOptions {
   std::size_t max_active = 0;      ///< streams held at once (0: no limit); more wait their turn
 };
 
+/// \brief A stream left behind at unmount (Mount::finish).
+struct Leftover {
+  std::string path;         ///< relative to the mountpoint
+  std::uint64_t bytes = 0;  ///< not delivered
+};
+
+/// \brief What an unmount did not deliver (Mount::finish).
+struct FinishReport {
+  std::vector<Leftover> discarded;  ///< nobody would read them: discarded, oldest first
+  std::vector<Leftover> cut;        ///< given up on before they were delivered
+};
+
 class Mount;
 
 namespace detail {
@@ -204,6 +216,16 @@ class Mount {
   /// \brief Unmounts now (also done by the destructor). Writers still
   /// waiting get EIO.
   void unmount();
+  /// \brief Ends the mount without losing what was promised: unmounts (if
+  /// still mounted: nothing new can be opened; a stream still open for
+  /// writing ends aborted), discards the streams nobody will read (no
+  /// consumer has them and none takes their path) and reports them, then
+  /// waits until the consumers have delivered every other stream, those
+  /// waiting their turn included. `keep_going(streams, bytes)` is called
+  /// about every 100 ms with what is left; returning false gives up on the
+  /// rest (reported as cut: a consumer is told the stream was aborted).
+  /// The consumers must stay alive meanwhile.
+  FinishReport finish(const std::function<bool(std::size_t streams, std::uint64_t bytes)>& keep_going = {});
 
   // ---- For a daemon (the capturefs CLI): mount with serve_now = false,
   // optionally daemonize(), then serve() in the main thread.
