@@ -627,11 +627,13 @@ def capture(mount: PathLike, socket_path: PathLike, name: Optional[str] = None, 
     finished) collects the stream: ``cap.data`` (bytes), ``cap.written``,
     ``cap.complete``, ``cap.reason``. If the tool never created the path,
     leaving returns at once with ``cap.written == False`` and ``cap.data is
-    None``; no hang. The output is read only once the block ends, so an
-    output larger than ``--max-stream`` makes the tool wait for a reader
-    (the subscription is the stream's consumer from the start, so the
-    daemon does not spill it to disk): for those, read a
-    ``Client.subscribe()`` stream while the tool runs. ``timeout`` bounds each wait for the daemon
+    None``; no hang. The output is read only once the block ends: the
+    subscription is the stream's consumer from the start, so an output
+    larger than ``--max-stream`` makes the tool wait for it, but only for
+    the daemon's stall time (``--stall-time``, 2 s): then the stream spills
+    to the daemon's spill directory and the tool finishes, so this works at
+    any size up to ``--spill-limit``. To avoid the pause and the disk, read
+    a ``Client.subscribe()`` stream while the tool runs. ``timeout`` bounds each wait for the daemon
     (TimeoutError; e.g. a background process still holds the file open).
     If the block raises, nothing is collected and the path is removed.
     """

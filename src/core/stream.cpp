@@ -137,18 +137,34 @@ bool Stream::add_writer() {
 
 void Stream::note_writer(std::int32_t pid) {
   std::lock_guard lk(mu_);
-  writer_pids_.push_back(pid);
+  writer_pids_.push_back(WriterPid{pid, false});
 }
 
-void Stream::forget_writer(std::int32_t pid) {
+void Stream::note_wrote(std::int32_t pid) {
   std::lock_guard lk(mu_);
-  if (auto it = std::find(writer_pids_.begin(), writer_pids_.end(), pid); it != writer_pids_.end())
-    writer_pids_.erase(it);
+  for (auto& w : writer_pids_) {
+    if (w.pid == pid && !w.wrote) {
+      w.wrote = true;
+      return;
+    }
+  }
 }
 
-std::vector<std::int32_t> Stream::writer_pids() const {
+void Stream::forget_writer(std::int32_t pid, bool wrote) {
   std::lock_guard lk(mu_);
-  return writer_pids_;
+  auto it = std::find_if(writer_pids_.begin(), writer_pids_.end(),
+                         [&](const WriterPid& w) { return w.pid == pid && w.wrote == wrote; });
+  if (it == writer_pids_.end())
+    it = std::find_if(writer_pids_.begin(), writer_pids_.end(), [&](const WriterPid& w) { return w.pid == pid; });
+  if (it != writer_pids_.end()) writer_pids_.erase(it);
+}
+
+std::vector<std::int32_t> Stream::writer_pids(bool written_only) const {
+  std::lock_guard lk(mu_);
+  std::vector<std::int32_t> out;
+  for (const auto& w : writer_pids_)
+    if (w.wrote || !written_only) out.push_back(w.pid);
+  return out;
 }
 
 bool Stream::holds() const {

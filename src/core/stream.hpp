@@ -196,10 +196,13 @@ class Stream : public std::enable_shared_from_this<Stream> {
   /// tools). Read-through readers are not held back.
   [[nodiscard]] Released release(Role role, bool may_linger, Effects& fx);
   /// \brief The threads (as FUSE names callers) that have it open for
-  /// writing: one entry per writer handle (see Volume::open, self-reads).
+  /// writing: one entry per writer handle, marked once it has written (see
+  /// Volume::open, self-reads).
   void note_writer(std::int32_t pid);
-  void forget_writer(std::int32_t pid);
-  std::vector<std::int32_t> writer_pids() const;
+  void note_wrote(std::int32_t pid);
+  void forget_writer(std::int32_t pid, bool wrote);
+  /// `written_only`: only the handles that have written.
+  std::vector<std::int32_t> writer_pids(bool written_only) const;
   /// \brief --hold applies to it (set_hold).
   bool holds() const;
   /// \brief The creating process is gone: an empty stream may end now.
@@ -441,7 +444,11 @@ class Stream : public std::enable_shared_from_this<Stream> {
   std::uint64_t rate_ = 0;
   int abort_errno_ = 0;  // what writes get once aborted (0: discarded)
   Meta meta_;
-  std::vector<std::int32_t> writer_pids_;  // one per writer handle (note_writer)
+  struct WriterPid {
+    std::int32_t pid = 0;
+    bool wrote = false;
+  };
+  std::vector<WriterPid> writer_pids_;  // one per writer handle (note_writer)
   std::deque<PendingWrite> writes_;
   std::deque<PendingRead> reads_;
 };

@@ -714,10 +714,14 @@ Result<std::unique_ptr<Handle>> Volume::attach(Node& n, int flags, Effects& fx, 
 }
 
 namespace {
-// The caller is a process that has the stream open for writing.
+// The caller is a process that writes the stream itself: it has written
+// to it through a handle still open (a held stream: has it open at all; a
+// consumer of a held stream waits for every writer, its own included). A
+// process that holds a writer it never wrote with (a wrapper keeping the
+// name alive for a tool it runs) is an ordinary consumer.
 bool writes_itself(const Stream& s, std::int32_t pid) {
   if (pid <= 0) return false;
-  const std::vector<std::int32_t> writers = s.writer_pids();
+  const std::vector<std::int32_t> writers = s.writer_pids(/*written_only=*/!s.holds());
   if (writers.empty()) return false;
   const std::int32_t me = tgid_of(pid);
   if (me == 0) return false;
@@ -785,7 +789,7 @@ void Volume::flush(Handle& h) {
 
 void Volume::release(std::unique_ptr<Handle> h) {
   if (h->passive || h->self_read) return;
-  if (h->role == Role::Writer) h->stream->forget_writer(h->opener_pid);
+  if (h->role == Role::Writer) h->stream->forget_writer(h->opener_pid, h->wrote);
   Effects fx;
   // A stream closed empty by a writer waits for its creator to exit (or
   // reopen it) before a push consumer sees its end.
@@ -822,6 +826,7 @@ void Volume::release(std::unique_ptr<Handle> h) {
 Outcome<std::size_t> Volume::write(Handle& h, std::uint64_t off, std::span<const std::byte> data,
                                    WaitKey key, WriteDone done) {
   if (h.role != Role::Writer) return Result<std::size_t>(Errno{EBADF});
+  if (!h.wrote.load(std::memory_order_relaxed) && !h.wrote.exchange(true)) h.stream->note_wrote(h.opener_pid);
   Effects fx;
   auto out = h.stream->write(off, data, key, std::move(done), fx);
   settle(std::move(fx));

@@ -17,6 +17,7 @@
 // any of them (stream.hpp, SPILLING).
 #pragma once
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <map>
@@ -57,6 +58,9 @@ struct Handle {
   /// process was killed while it had it open (killed_by_signal at FLUSH),
   /// so that the file is delivered as incomplete, not as complete.
   bool watch_exit = false;
+  /// Writers: has written (Stream::note_wrote). Atomic: one handle may
+  /// write from several threads at once.
+  std::atomic<bool> wrote{false};
   std::shared_ptr<Stream> stream;
 };
 
@@ -128,8 +132,9 @@ class Volume {
   /// (or, if it has one, gives a passive handle whose reads get EBUSY),
   /// anything else adds a writer (ESTALE if the stream was delivered: the
   /// name is gone and a new lookup makes a new stream).
-  /// `who`: the caller; a read-only open by a process that has the stream
-  /// open for writing is a self-read (Handle::self_read).
+  /// `who`: the caller; a read-only open by a process that has written to
+  /// the stream and still has it open for writing (for a held stream: has
+  /// it open for writing) is a self-read (Handle::self_read).
   Result<std::unique_ptr<Handle>> open(Ino ino, int flags, const Caller& who = {});
   /// \brief A close(2) of the handle (one of possibly several). A consumer
   /// that has read to EOF takes the name with it now, so that the name is

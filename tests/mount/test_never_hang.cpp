@@ -221,6 +221,44 @@ TEST_F(SelfRead, AHeldFileWhoseWriterWasKilledIsDeliveredIncomplete) {
   EXPECT_EQ(cat(at("kept.held")), std::string(1000, 'y'));
 }
 
+// ---- ffmpeg -movflags +faststart: it rereads its own output --------------------------
+
+// Encodes two seconds of a test pattern to `out`, moving the index to the
+// front at the end (it reopens its output read-only and rewrites it).
+RunResult ffmpeg_faststart(const std::string& out) {
+  return run({"ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+              "testsrc=duration=2:size=160x120:rate=25", "-c:v", "mpeg4", "-movflags", "+faststart",
+              "-fflags", "+bitexact", "-flags:v", "+bitexact", "-y", out},
+             120s);
+}
+
+class FaststartHeld : public MountTest {
+  std::vector<std::string> mount_args() const override { return {"--hold", "*.mp4"}; }
+};
+
+TEST_F(FaststartHeld, WorksWithHold) {
+  RunResult ref = ffmpeg_faststart(mnt().scratch("ref.mp4"));
+  ASSERT_TRUE(ref.ok()) << ref.describe();
+  RunResult r = ffmpeg_faststart(at("out.mp4"));
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(sha256_of_data(cat(at("out.mp4"))), sha256_of(mnt().scratch("ref.mp4")));
+}
+
+using Faststart = MountTest;
+
+TEST_F(Faststart, WorksOrFailsCleanlyWithoutHold) {
+  RunResult ref = ffmpeg_faststart(mnt().scratch("ref.mp4"));
+  ASSERT_TRUE(ref.ok()) << ref.describe();
+  RunResult r = ffmpeg_faststart(at("out.mp4"));
+  ASSERT_FALSE(r.timed_out) << "ffmpeg hung";
+  if (r.ok()) {
+    EXPECT_EQ(sha256_of_data(cat(at("out.mp4"))), sha256_of(mnt().scratch("ref.mp4")));
+  } else {
+    EXPECT_FALSE(r.err.empty()) << "ffmpeg failed without saying why: " << r.describe();
+    std::cout << "without --hold ffmpeg failed cleanly: " << r.err << std::endl;
+  }
+}
+
 // ---- unmount finishes what it promised ---------------------------------------------
 
 class UnmountExec : public MountTest {

@@ -378,10 +378,12 @@ TEST_F(Semantics, NonblockingReaderGetsEagainThenEofWhenEveryWriterReleased) {
   ASSERT_FD(w1, "w1");
   UniqueFd w2 = open_fd(p, O_WRONLY | O_APPEND);
   ASSERT_FD(w2, "w2");
-  ASSERT_WRITE(w1, "hello ");
-  ASSERT_WRITE(w2, "world");
+  // Opened before this process writes: a read-only open by a process that
+  // has written to the stream would read back instead (a self-read).
   UniqueFd r = open_fd(p, O_RDONLY | O_NONBLOCK);
   ASSERT_FD(r, "reader");
+  ASSERT_WRITE(w1, "hello ");
+  ASSERT_WRITE(w2, "world");
   std::string got;
   while (got.size() < 11) {
     std::string s = read_some(r.get(), 100);

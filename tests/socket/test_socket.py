@@ -24,7 +24,7 @@ import threading
 import time
 import unittest
 
-from capturefs import Client, NeverWritten, ServerError, StreamAborted, capture
+from capturefs import Client, NeverWritten, ServerError, StreamAborted, Subscription, capture
 from capturefs import protocol as P
 
 CAPTUREFS = os.environ.get("CAPTUREFS", "")
@@ -260,6 +260,45 @@ class CaptureTest(MountCase):
                 write_file(cap.path, b"half")
                 raise RuntimeError("the caller failed")
         self.assertFalse(os.path.exists(cap.path))
+
+
+class NeverHangTest(MountCase):
+    """capture() around a tool whose output is far above --max-stream: the
+    subscription reads nothing until the tool exits, so after the stall
+    time the stream spills and the tool finishes (docs/semantics.md)."""
+    daemon_args = ("--max-stream", "32M", "--max-memory", "64M")
+
+    def test_capture_of_an_output_far_above_max_stream_returns_every_byte(self):
+        mib = int(os.environ.get("CAPTUREFS_CAPTURE_MIB", "200"))
+        src = os.path.join(self.d.root, "big.bin")
+        subprocess.run(["head", "-c", str(mib << 20), "/dev/urandom"], stdout=open(src, "wb"), check=True)
+        with open(src, "rb") as f:
+            want = hashlib.sha256(f.read()).hexdigest()
+        t0 = time.monotonic()
+        with capture(self.d.mnt, self.d.sock, suffix=".bin", timeout=120) as cap:
+            r = subprocess.run(["dd", "if=" + src, "of=" + cap.path, "bs=1M", "status=none"], timeout=240)
+        took = time.monotonic() - t0
+        self.assertEqual(r.returncode, 0)
+        self.assertTrue(cap.complete, cap.reason)
+        self.assertEqual(len(cap.data), mib << 20)
+        self.assertEqual(hashlib.sha256(cap.data).hexdigest(), want)
+        print("capture() of %d MiB with --max-stream 32M: %.1f s" % (mib, took), file=sys.stderr)
+
+    def test_rm_and_ls_return_while_a_subscriber_reads_nothing(self):
+        path = self.d.at("unread.bin")
+        c = Subscription(self.d.sock, [os.path.basename(path)], literal=True)
+        try:
+            dd = subprocess.Popen(["dd", "if=/dev/zero", "of=" + path, "bs=1M", "count=200", "status=none"])
+            # The writer waits once the subscription's window and the stream cap are full.
+            eventually(lambda: os.path.exists(path) and os.stat(path).st_size >= 32 << 20, True, timeout=60)
+            for argv in (["ls", "-l", self.d.mnt], ["rm", path]):
+                t0 = time.monotonic()
+                subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, timeout=60)
+                self.assertLess(time.monotonic() - t0, 5.0 + (10 if os.environ.get("ASAN_OPTIONS") else 0),
+                                "%s waited behind the writer" % argv[0])
+            self.assertEqual(dd.wait(timeout=120), 0)
+        finally:
+            c.close()
 
 
 class SharingTest(MountCase):
