@@ -50,41 +50,12 @@ No FIFO is created, nothing named is written to disk, and memory is bounded
 )";
 
 constexpr const char* kMountFooter = R"footer(
-Semantics, in short:
-  - Any new name opened with O_CREAT is a stream; stat shows a regular file
-    whose size is the bytes written so far.
-  - The first process to open an existing stream read-only is its consumer:
-    it reads the bytes in order and gets EOF once every writer closed it.
-    A second concurrent reader gets EBUSY. Once the consumer has read EOF
-    and closed the file, the name disappears.
-  - Bytes nobody has read yet are kept: in memory up to --max-memory and
-    --max-stream, beyond that in an unnamed temporary file in --spill-dir
-    (up to --spill-limit), so "run the tool, wait for it, then read" works
-    without deadlock for outputs of any size up to those limits.
-  - Writers wait until a reader drains when the memory caps are reached and
-    the stream already has a consumer (a reader, an --exec command, a socket
-    subscriber) or --no-spill is given, or when the spill limit is reached
-    too; Ctrl-C ends the wait with EINTR. A path the tool never created
-    answers ENOENT.
-  - A writer may patch bytes nobody consumed yet and read them back; a write
-    at bytes already consumed fails with EIO and aborts the stream for its
-    consumer. --hold GLOB keeps matching files whole until their last writer
-    closes them, for tools that seek back (zip, mp4, wav headers).
-  - A file renamed before any of it was delivered is delivered under its new
-    name; otherwise the consumer is told of the rename.
-  - SIGINT or SIGTERM to the daemon unmounts cleanly.
-
-With --exec CMD, every new file (matching --exec-glob, if given) is fed to
-its own `/bin/sh -c CMD` on stdin instead of waiting for a reader:
-  capturefs mount /tmp/cap --exec 'gzip -c > /archive/"$(echo "$CAPTUREFS_PATH" | tr / _)".gz'
-The command's environment has CAPTUREFS_PATH (the file's path in the mount,
-as it was when the command started), CAPTUREFS_MOUNT and CAPTUREFS_WRITER_PID;
-the name is never pasted into CMD. At most --exec-jobs commands run at once;
-the other files wait their turn (their bytes spill once the memory caps are
-reached; a command that reads slowly holds back its file's writer).
-A command that exits before reading everything makes the writer's next
-writes fail with EPIPE. Exit statuses are logged (-v shows successes too).
-See README.md for the full semantics table.
+Every file created in the mount is a stream: a reader that opens the same
+path gets its bytes in order, while or after they are written (--exec,
+--socket and the library are the other consumers). What each operation does,
+when bytes spill, what each fault does, and the known limits are in
+docs/semantics.md, installed as )footer" CAPTUREFS_DOCDIR R"footer(/semantics.md
+(--exec: exec.md, the socket: socket.md, every option: cli.md, there too).
 )footer";
 
 struct MountArgs {

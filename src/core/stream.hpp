@@ -214,7 +214,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
   /// leaves. Only changes a stream nothing of which was delivered yet.
   void set_hold(bool on, Effects& fx);
 
-  /// \brief Writes at an offset (see README semantics). May park.
+  /// \brief Writes at an offset (see docs/semantics.md). May park.
   Outcome<std::size_t> write(std::uint64_t off, std::span<const std::byte> data, WaitKey key,
                              WriteDone done, Effects& fx);
   /// \brief The consumer reads up to `size` bytes at stream offset `pos`.

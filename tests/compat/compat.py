@@ -170,7 +170,7 @@ w.close()
 
 WAVE_LIVE = ("without setnframes, wave rewrites the RIFF and data sizes (offsets 4 and 40) "
              "after each writeframes(), after a live consumer took those bytes: EIO by "
-             "design (README: a write at an offset already consumed); see the --hold case")
+             "design (docs/semantics.md: a write at an offset already consumed); see the --hold case")
 ZIP_LIVE = ("zipfile seeks back to patch each local header after the member's data, "
             "after a live consumer took it: EIO by design; see the --hold case")
 
@@ -192,7 +192,7 @@ CASES: List[Case] = [
     Case("ln -s", "ln", ["ln", "-s", "../elsewhere/file.txt", "{dir}/link"]),
     # after only: a live consumer would take a.txt before ln sees it.
     Case("ln (hard link)", "ln", ["ln", "{dir}/a.txt", "{dir}/b.txt"], setup="cp {src}/text.txt {dir}/a.txt",
-         modes=("after",), xfail={"after": "hard links are refused with EPERM by design (README: link); "
+         modes=("after",), xfail={"after": "hard links are refused with EPERM by design (docs/semantics.md: link); "
                                            "a stream has one name"}),
     Case("mv from outside", "mv", ["mv", "{tmp}/moved.bin", "{dir}/moved.bin"],
          setup="cp -p {src}/mid.bin {tmp}/moved.bin"),

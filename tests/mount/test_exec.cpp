@@ -56,7 +56,7 @@ void write_whole(const std::string& path, const std::string& data) {
   ASSERT_EQ(fd.reset(), 0) << path;
 }
 
-// The README's example: gzip every file into an archive directory, named
+// The example of docs/exec.md: gzip every file into an archive directory, named
 // after its path. 50 files, some in subdirectories.
 TEST(Exec, GzipEachFileIntoAnArchive) {
   CAPTUREFS_REQUIRE_FUSE();

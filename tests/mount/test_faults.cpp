@@ -885,8 +885,8 @@ TEST(Faults, Soak200WritersSlowConsumerEveryByteInOrderMemoryBounded) {
   //  - fixed: ~23 MiB (idle daemon ~5 MiB, plus thread stacks, FUSE request
   //    buffers, socket frames and allocator slack under 200 writers) with
   //    writes of at most 8 KiB; bound: 40 MiB (margin for slower machines);
-  //  - parked writes keep their request data outside the caps (README,
-  //    Known limits): at most one write per writer, 256 KiB here. With
+  //  - parked writes keep their request data outside the caps
+  //    (docs/semantics.md, Known limits): at most one write per writer, 256 KiB here. With
   //    them the total measured 53-69 MiB (10 s and 60 s runs).
   const std::uint64_t overhead = 40 * kMiB + kWriters * 262144ULL;
   std::cout << "[faults] soak: " << seconds << " s, " << kWriters << " writers, " << total << " bytes ("

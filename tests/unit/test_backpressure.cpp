@@ -378,7 +378,7 @@ TEST(Backpressure, ArmedReadThatLetsAParkedWriteInIsAnswered) {
 // block, and it stays charged to the global budget. With enough such idle
 // streams another stream's write waits although no unconsumed byte exists
 // anywhere, and it waits until one of the idle streams gets more data or
-// closes. The README promises that a parked write "waits until a reader
+// closes. docs/semantics.md promises that a parked write "waits until a reader
 // drains"; here every reader has drained. 2 MiB is the smallest cap the
 // CLI accepts.
 TEST(Backpressure, DrainedIdleStreamsDoNotStarveOtherWriters) {

@@ -3,10 +3,15 @@
 //
 //   capturefs::Options opt;
 //   opt.mountpoint = "/tmp/cap";
-//   capturefs::Mount m(opt);                  // mounted and serving on return
-//   auto c = m.consume({"*.tbl"}, callbacks);  // streams matching *.tbl
+//   capturefs::Mount m(opt);                   // mounted and serving on return
+//   capturefs::ConsumeOptions co;
+//   co.globs = {"*.tbl"};                      // streams matching *.tbl
+//   capturefs::Consumer c = m.consume(callbacks, co);
 //   ...                                        // run tools writing into /tmp/cap
 //   // ~Consumer stops delivery, ~Mount unmounts
+//
+// A complete program: docs/examples/library_example.cpp (docs/library.md).
+// What a stream does (writes, renames, aborts, spilling): docs/semantics.md.
 //
 // THREADING
 // - Callbacks run on the consumer's delivery threads (ConsumeOptions::
