@@ -421,9 +421,16 @@ TEST_F(Semantics, ASecondConcurrentReaderOpensButItsReadsGetEbusy) {
   const auto p = at("s");
   UniqueFd w = open_fd(p, O_WRONLY | O_CREAT);
   ASSERT_FD(w, "writer");
-  ASSERT_WRITE(w, "data");
   UniqueFd r1 = open_fd(p, O_RDONLY | O_NONBLOCK);
   ASSERT_FD(r1, "first reader");
+  {
+    // Written through a descriptor closed at once: `w` stays open without
+    // having written, so this process's read-only opens below are
+    // consumers, not self-reads (semantics.md).
+    UniqueFd w0 = open_fd(p, O_WRONLY | O_APPEND);
+    ASSERT_FD(w0, "second writer");
+    ASSERT_WRITE(w0, "data");
+  }
   // The open succeeds (tools open their output read-only to fstat or
   // fchmod it: rsync), but the stream has its consumer: reads get EBUSY at
   // once, never a wait and never a byte.

@@ -69,9 +69,10 @@ TEST_F(Tools, AToolReadsBackAndTruncatesItsOwnOutput) {
 TEST_F(Tools, RewritingBytesAReaderAlreadyHasFailsForBothSides) {
   UniqueFd w = open_fd(at("s"), O_WRONLY | O_CREAT);
   ASSERT_FD(w, "create");
-  ASSERT_EQ(write_all(w.get(), "header+data"), "");
+  // The consumer opens before this process writes (else it is a self-read).
   UniqueFd r = open_fd(at("s"), O_RDONLY);
   ASSERT_FD(r, "open reader");
+  ASSERT_EQ(write_all(w.get(), "header+data"), "");
   char buf[64];
   ASSERT_EQ(::read(r.get(), buf, sizeof buf), 11);
   // The tool seeks back to fix its header: the reader already has it.
