@@ -70,6 +70,9 @@ class Observer {
   virtual void ended(std::uint64_t id, const StreamEnd& end) = 0;
 };
 
+/// \brief On what a stream's writer waits (`capturefs status`).
+enum class WaitReason : std::uint8_t { none, consumer, memory, spill_limit };
+
 /// \brief One live stream, for `capturefs status`.
 struct StreamStats {
   StreamInfo info;
@@ -79,6 +82,7 @@ struct StreamStats {
   std::uint64_t spilled = 0;    ///< of the bytes not yet consumed, those in the spill file
   int writers = 0;
   bool consumer = false;        ///< a reader or a push consumer has it
+  WaitReason wait = WaitReason::none;  ///< on what a writer of it waits now
 };
 
 }  // namespace capturefs::core
