@@ -535,7 +535,7 @@ int tool_main(int argc, char** argv) {
     std::vector<MountOptionSpec> specs;
     for (const CLI::Option* o : mount->get_options()) {
       if (o->get_lnames().empty() || o->get_lnames().front() == "help") continue;
-      specs.push_back({o->get_lnames().front(), o->get_type_size() != 0});
+      specs.push_back({o->get_lnames().front(), o->get_expected_max() != 0});
     }
     std::string error;
     auto expanded = expand_o(args, specs, &error);
