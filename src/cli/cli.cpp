@@ -85,7 +85,7 @@ the other files wait their turn (their bytes spill once the memory caps are
 reached; a command that reads slowly holds back its file's writer).
 A command that exits before reading everything makes the writer's next
 writes fail with EPIPE. Exit statuses are logged (-v shows successes too).
-See README.md for the full semantics table.
+See capturefs(1) and semantics.md (in the installed docs) for the full semantics.
 )footer";
 
 struct MountArgs {
