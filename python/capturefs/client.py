@@ -282,6 +282,7 @@ class _Session:
         self._status_parts: List[P.StreamStatus] = []
         self._commands: Optional[List[P.CommandStatus]] = None   # of the last reply; None: no COMMANDS
         self._commands_parts: Optional[List[P.CommandStatus]] = None
+        self._peeked: Optional[P.Peeked] = None
         if subscribe is not None:
             try:
                 self._conn.queue(subscribe)
@@ -315,6 +316,8 @@ class _Session:
                 if not f.more:
                     self._status, self._status_parts = self._status_parts, []
                     self._commands, self._commands_parts = self._commands_parts, None
+            elif isinstance(f, P.Peeked):  # version 3
+                self._peeked = f
             elif isinstance(f, P.Error):
                 self.error = ServerError(self.socket_path, f.code, f.message)
                 self.ended = True
@@ -357,6 +360,23 @@ class _Session:
         while self._status is None:
             self._pump(timeout)
         return self._status, self._commands
+
+    def peek(self, name: PathLike, size: int = 4096, timeout: Optional[float] = None) -> Optional[P.Peeked]:
+        """The first bytes (at most ``size``, up to protocol.MAX_PEEK) of the
+        stream at ``name``, not consumed: a protocol.Peeked (``data``,
+        ``offset`` of its first byte, ``written``), or None if no live stream
+        has that path. Needs a daemon speaking protocol version 3."""
+        while self._conn.server_version is None:
+            self._pump(timeout)
+        if self._conn.server_version < 3:
+            raise ServerError(self.socket_path, P.ErrorCode.BAD_VERSION,
+                              "the daemon speaks protocol version %d; peek needs version 3"
+                              % self._conn.server_version)
+        self._peeked = None
+        self._conn.queue(P.Peek(min(size, P.MAX_PEEK), _relpath(name)))
+        while self._peeked is None:
+            self._pump(timeout)
+        return self._peeked if self._peeked.id != 0 else None
 
     def close(self) -> None:
         """Ends the connection; streams not finished go to the next subscriber."""
@@ -485,11 +505,30 @@ class Observation(_Session):
         return self._events.popleft()
 
 
+SOCKET_XATTR = "user.capturefs.socket"
+
+
+def socket_of(mount: PathLike) -> str:
+    """The socket of the daemon serving the mount at ``mount`` (the mount
+    root's extended attribute ``user.capturefs.socket``)."""
+    try:
+        return os.fsdecode(os.getxattr(mount, SOCKET_XATTR))
+    except OSError as e:
+        raise OSError(e.errno, "%s: not a capturefs mount that serves a socket (%s)"
+                      % (os.fsdecode(mount), e.strerror)) from None
+
+
+def _socket_path(where: PathLike) -> str:
+    """A socket path, or the socket of the mount at a directory."""
+    return socket_of(where) if os.path.isdir(where) else os.fsdecode(where)
+
+
 class Client:
-    """The daemon at ``socket_path`` (``capturefs mount ... --socket PATH``)."""
+    """The daemon at ``socket_path`` (``capturefs mount ... --socket PATH``),
+    or, given the mountpoint, the daemon serving it."""
 
     def __init__(self, socket_path: PathLike) -> None:
-        self.socket_path = os.fsdecode(socket_path)
+        self.socket_path = _socket_path(socket_path)
 
     def subscribe(self, *globs: PathLike, literal: bool = False, once: bool = False, nowait: bool = False,
                   auto_ack: bool = True) -> Subscription:
@@ -516,6 +555,14 @@ class Client:
         the daemon runs no commands (or is too old to report them)."""
         with _Session(self.socket_path, None) as s:
             return s.status_and_commands()[1]
+
+    def peek(self, name: PathLike, size: int = 4096) -> Optional[bytes]:
+        """The first bytes of the stream at ``name`` (relative to the mount)
+        without consuming them, like ``capturefs peek``; None if there is no
+        such stream."""
+        with _Session(self.socket_path, None) as s:
+            p = s.peek(name, size)
+            return None if p is None else p.data
 
     def cat(self, name: PathLike, wait: bool = False) -> bytes:
         """The bytes of the stream at ``name`` (relative to the mount), like
@@ -612,8 +659,8 @@ class Capture:
         return self.data
 
 
-def capture(mount: PathLike, socket_path: PathLike, name: Optional[str] = None, *, prefix: str = "capture-",
-            suffix: str = "", timeout: Optional[float] = None) -> Capture:
+def capture(mount: PathLike, socket_path: Optional[PathLike] = None, name: Optional[str] = None, *,
+            prefix: str = "capture-", suffix: str = "", timeout: Optional[float] = None) -> Capture:
     """A context manager giving a fresh path inside ``mount`` for one tool run.
 
     ::
@@ -637,4 +684,6 @@ def capture(mount: PathLike, socket_path: PathLike, name: Optional[str] = None, 
     (TimeoutError; e.g. a background process still holds the file open).
     If the block raises, nothing is collected and the path is removed.
     """
+    if socket_path is None:
+        socket_path = socket_of(mount)
     return Capture(mount, socket_path, name, prefix=prefix, suffix=suffix, timeout=timeout)

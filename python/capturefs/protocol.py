@@ -10,8 +10,11 @@ message, a CLOSED reason, a COMMANDS note) are ``str`` and travel as UTF-8.
 Versions: the codec speaks protocol versions MIN_VERSION..VERSION. A Decoder
 learns the connection's version from the hello it reads (``Decoder.version``)
 and rejects what that version does not define: the COMMANDS frame and the
-STATUS_REQUEST ``commands`` flag are version 2. ``encode`` encodes any frame;
-sending only what the connection's version has is the caller's job.
+STATUS_REQUEST ``commands`` flag are version 2; PEEK, PEEKED and the STATUS
+record's ``spilled`` and ``wait`` are version 3. ``encode`` encodes any frame;
+sending only what the connection's version has is the caller's job. STATUS is
+the one frame whose layout depends on the version (its records grew in
+version 3): ``encode`` and ``encode_status`` take the connection's version.
 
     dec = Decoder(Peer.SERVER)          # decodes what a server sends
     sock.sendall(encode(Hello()) + encode(Subscribe(patterns=[b"*.log"])))
@@ -32,18 +35,19 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "MAGIC", "VERSION", "MIN_VERSION", "HELLO_SIZE", "HEADER_SIZE", "MAX_CHUNK", "MAX_BODY",
-    "MAX_FRAME", "MAX_PATH", "MAX_PATTERNS", "MAX_TEXT",
-    "Peer", "Type", "CloseStatus", "StreamState", "CommandState", "CommandInput", "ErrorCode",
+    "MAX_FRAME", "MAX_PATH", "MAX_PATTERNS", "MAX_TEXT", "MAX_PEEK",
+    "Peer", "Type", "CloseStatus", "StreamState", "WaitReason", "CommandState", "CommandInput", "ErrorCode",
     "ProtocolError",
     "Hello", "Subscribe", "Ack", "StatusRequest", "Subscribed", "Opened", "Data",
     "Renamed", "Closed", "StreamStatus", "StatusReply", "Error", "CommandStatus", "CommandsReply",
+    "Peek", "Peeked",
     "Frame", "encode", "encode_status", "encode_commands", "Decoder", "decode_all", "code_name",
 ]
 
 # ----------------------------------------------------------------- limits
 
 MAGIC = b"CAPF"
-VERSION = 2        # the highest version spoken
+VERSION = 3        # the highest version spoken
 MIN_VERSION = 1    # the lowest
 HELLO_SIZE = 8      # magic, version u16, flags u16
 HEADER_SIZE = 6     # length u32, type u8, flags u8
@@ -53,6 +57,7 @@ MAX_FRAME = HEADER_SIZE + MAX_BODY
 MAX_PATH = 4096
 MAX_PATTERNS = 64
 MAX_TEXT = 1024
+MAX_PEEK = 65536   # PEEK size, PEEKED payload (version 3)
 
 
 class Peer(enum.Enum):
@@ -66,6 +71,7 @@ class Type(enum.IntEnum):
     SUBSCRIBE = 0x01
     ACK = 0x02
     STATUS_REQUEST = 0x03
+    PEEK = 0x04       # version 3
     SUBSCRIBED = 0x81
     OPENED = 0x82
     DATA = 0x83
@@ -74,6 +80,7 @@ class Type(enum.IntEnum):
     STATUS = 0x86
     ERROR = 0x87
     COMMANDS = 0x88   # version 2
+    PEEKED = 0x89     # version 3
 
 
 class CloseStatus(enum.IntEnum):
@@ -86,6 +93,15 @@ class StreamState(enum.IntEnum):
     STREAMING = 1   # a writer is open, a consumer takes the bytes
     HELD = 2        # writers done, bytes wait for a consumer
     DRAINING = 3    # writers done, a consumer takes the rest
+
+
+class WaitReason(enum.IntEnum):
+    """On what a stream's writer waits (STATUS record, version 3)."""
+
+    NONE = 0          # no writer waits
+    CONSUMER = 1      # for its consumer to take bytes
+    MEMORY = 2        # for memory (the caps are reached, no spilling)
+    SPILL_LIMIT = 3   # for spill space (the spill limit or the disk is full)
 
 
 class CommandState(enum.IntEnum):
@@ -244,6 +260,8 @@ class StreamStatus:
     rate: int
     state: StreamState
     path: bytes
+    spilled: int = 0                      # version 3: bytes of it in the spill file
+    wait: WaitReason = WaitReason.NONE    # version 3: on what its writer waits
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", _path(self.path))
@@ -293,8 +311,29 @@ class CommandsReply:
         object.__setattr__(self, "commands", tuple(self.commands))
 
 
+@dataclass(frozen=True)
+class Peek:
+    """Version 3, client: the first bytes of the stream at ``path``, not consumed."""
+
+    size: int      # 1..MAX_PEEK
+    path: bytes    # the exact path (no glob)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", _path(self.path))
+
+
+@dataclass(frozen=True)
+class Peeked:
+    """Version 3, server: the answer to a PEEK. id 0: no live stream has that path."""
+
+    id: int = 0
+    offset: int = 0     # stream offset of data[0]: the first byte not yet consumed
+    written: int = 0    # bytes written so far
+    data: bytes = b""
+
+
 Frame = Union[Hello, Subscribe, Ack, StatusRequest, Subscribed, Opened, Data,
-              Renamed, Closed, StatusReply, Error, CommandsReply]
+              Renamed, Closed, StatusReply, Error, CommandsReply, Peek, Peeked]
 
 # ----------------------------------------------------------------- type table
 
@@ -309,6 +348,9 @@ _ERROR_FIXED = 2 + 2
 _DATA_FIXED = 8 + 8
 _RECORD_FIXED = 8 + 4 + 4 + 8 + 8 + 8 + 8 + 1 + 2
 _COMMAND_FIXED = 8 + 4 + 1 + 1 + 1 + 8 + 8 + 8 + 2 + 2
+_RECORD_V3 = 8 + 1          # version 3 records: + spilled, wait
+_PEEK_FIXED = 4 + 2
+_PEEKED_FIXED = 8 + 8 + 8
 
 
 class _Info:
@@ -344,6 +386,8 @@ _TYPES = {
         _Info(Type.STATUS, Peer.SERVER, _STATUS_MORE, 2, MAX_BODY),
         _Info(Type.ERROR, Peer.SERVER, 0, _ERROR_FIXED, _ERROR_FIXED + MAX_TEXT),
         _Info(Type.COMMANDS, Peer.SERVER, 0, 2, MAX_BODY, since=2),
+        _Info(Type.PEEK, Peer.CLIENT, 0, _PEEK_FIXED, _PEEK_FIXED + MAX_PATH, since=3),
+        _Info(Type.PEEKED, Peer.SERVER, 0, _PEEKED_FIXED, _PEEKED_FIXED + MAX_PEEK, since=3),
     )
 }
 
@@ -439,18 +483,22 @@ def _frame(type_: Type, flags: int, body: bytes) -> bytes:
     return struct.pack(">IBB", len(body), int(type_), flags) + body
 
 
-def _record(index: int, r: StreamStatus) -> bytes:
+def _record(index: int, r: StreamStatus, version: int) -> bytes:
     ctx = "STATUS: record %d" % index
     state = _int(ctx + ": state", r.state, 8)
     if state > 3:
         raise _fail(ErrorCode.BAD_VALUE, "%s: state: unknown value %d" % (ctx, state))
+    wait = _int(ctx + ": wait", r.wait, 8)
+    if wait > 3:
+        raise _fail(ErrorCode.BAD_VALUE, "%s: wait: unknown value %d" % (ctx, wait))
     _check_path(ctx + ": path", r.path)
+    v3 = struct.pack(">QB", _int(ctx + ": spilled", r.spilled, 64), wait) if version >= 3 else b""
     return struct.pack(">QIIqQQQB",
                        _int(ctx + ": id", r.id, 64), _int(ctx + ": pid", r.pid, 32),
                        _int(ctx + ": uid", r.uid, 32), _int(ctx + ": time", r.time_ns, 64, True),
                        _int(ctx + ": written", r.written, 64),
                        _int(ctx + ": delivered", r.delivered, 64),
-                       _int(ctx + ": rate", r.rate, 64), state) + _str16(r.path)
+                       _int(ctx + ": rate", r.rate, 64), state) + v3 + _str16(r.path)
 
 
 def _command(index: int, c: CommandStatus) -> bytes:
@@ -469,9 +517,10 @@ def _command(index: int, c: CommandStatus) -> bytes:
                        _int(ctx + ": ended", c.ended_ns, 64, True)) + _str16(c.path) + _str16(note)
 
 
-def encode(frame: Frame) -> bytes:
+def encode(frame: Frame, version: int = VERSION) -> bytes:
     """The wire form of one frame (a Hello: the 8 hello bytes).
 
+    ``version`` is the connection's: it sets the STATUS record layout.
     Raises ProtocolError, with the code the decoder would give, for a frame
     the decoder would reject (empty path, oversized chunk, ...)."""
     if isinstance(frame, Hello):
@@ -529,7 +578,7 @@ def encode(frame: Frame) -> bytes:
             raise _fail(ErrorCode.LIMIT, "STATUS: %d records, over the limit of 65535"
                         % len(frame.streams))
         body = struct.pack(">H", len(frame.streams)) + b"".join(
-            _record(i, r) for i, r in enumerate(frame.streams))
+            _record(i, r, version) for i, r in enumerate(frame.streams))
         return _frame(Type.STATUS, _STATUS_MORE if frame.more else 0, body)
     if isinstance(frame, CommandsReply):
         if len(frame.commands) > 0xFFFF:
@@ -538,6 +587,16 @@ def encode(frame: Frame) -> bytes:
         body = struct.pack(">H", len(frame.commands)) + b"".join(
             _command(i, c) for i, c in enumerate(frame.commands))
         return _frame(Type.COMMANDS, 0, body)
+    if isinstance(frame, Peek):
+        size = _int("PEEK: size", frame.size, 32)
+        _check_peek_size(size)
+        _check_path("PEEK: path", frame.path)
+        return _frame(Type.PEEK, 0, struct.pack(">I", size) + _str16(frame.path))
+    if isinstance(frame, Peeked):
+        _check_peeked(frame.id, frame.offset, frame.written, frame.data)
+        return _frame(Type.PEEKED, 0, struct.pack(">QQQ", _int("PEEKED: id", frame.id, 64),
+                                                  _int("PEEKED: offset", frame.offset, 64),
+                                                  _int("PEEKED: written", frame.written, 64)) + bytes(frame.data))
     if isinstance(frame, Error):
         code = _int("ERROR: code", frame.code, 16)
         if code == 0:
@@ -547,20 +606,22 @@ def encode(frame: Frame) -> bytes:
     raise TypeError("not a frame: %r" % (frame,))
 
 
-def encode_status(streams: Sequence[StreamStatus]) -> bytes:
-    """A complete STATUS reply: as many STATUS frames as the records need."""
+def encode_status(streams: Sequence[StreamStatus], version: int = VERSION) -> bytes:
+    """A complete STATUS reply: as many STATUS frames as the records need,
+    in the record layout of protocol ``version``."""
     streams = list(streams)
     for i, r in enumerate(streams):
-        _record(i, r)  # validate all first
+        _record(i, r, version)  # validate all first
+    fixed = _RECORD_FIXED + (_RECORD_V3 if version >= 3 else 0)
     out = []
     i = 0
     while True:
         body, j = 2, i
         while (j < len(streams) and j - i < 0xFFFF
-               and body + _RECORD_FIXED + len(streams[j].path) <= MAX_BODY):
-            body += _RECORD_FIXED + len(streams[j].path)
+               and body + fixed + len(streams[j].path) <= MAX_BODY):
+            body += fixed + len(streams[j].path)
             j += 1
-        out.append(encode(StatusReply(streams[i:j], more=j < len(streams))))
+        out.append(encode(StatusReply(streams[i:j], more=j < len(streams)), version))
         i = j
         if i >= len(streams):
             return b"".join(out)
@@ -649,7 +710,19 @@ class _Reader:
             raise _fail(ErrorCode.TRAILING, "%s: %d bytes after the last field" % (self.ctx, left))
 
 
-def _parse_body(info: _Info, flags: int, body: bytes) -> Frame:
+def _check_peek_size(size: int) -> None:
+    if size == 0:
+        raise _fail(ErrorCode.BAD_VALUE, "PEEK: size: 0 is not valid")
+    if size > MAX_PEEK:
+        raise _fail(ErrorCode.LIMIT, "PEEK: size: %d bytes, over the limit of %d" % (size, MAX_PEEK))
+
+
+def _check_peeked(id_: int, offset: int, written: int, data: bytes) -> None:
+    if id_ == 0 and (offset or written or data):
+        raise _fail(ErrorCode.BAD_VALUE, "PEEKED: id 0 (no such stream) with an offset, a size or bytes")
+
+
+def _parse_body(info: _Info, flags: int, body: bytes, version: int) -> Frame:
     r = _Reader(body, info.name)
     t = info.type
     frame: Frame
@@ -696,8 +769,13 @@ def _parse_body(info: _Info, flags: int, body: bytes) -> Frame:
             state = r.u8("state")
             if state > 3:
                 raise r.bad(ErrorCode.BAD_VALUE, "state: unknown value %d" % state)
+            spilled, wait = 0, 0
+            if version >= 3:
+                spilled, wait = r.u64("spilled"), r.u8("wait")
+                if wait > 3:
+                    raise r.bad(ErrorCode.BAD_VALUE, "wait: unknown value %d" % wait)
             streams.append(StreamStatus(id_, pid, uid, time_ns, written, delivered, rate,
-                                        StreamState(state), r.path("path")))
+                                        StreamState(state), r.path("path"), spilled, WaitReason(wait)))
         r.ctx = "STATUS"
         frame = StatusReply(streams, more=bool(flags & _STATUS_MORE))
     elif t == Type.COMMANDS:
@@ -718,6 +796,15 @@ def _parse_body(info: _Info, flags: int, body: bytes) -> Frame:
                                           started, ended, path, r.text("note")))
         r.ctx = "COMMANDS"
         frame = CommandsReply(commands)
+    elif t == Type.PEEK:
+        size = r.u32("size")
+        _check_peek_size(size)
+        frame = Peek(size, r.path("path"))
+    elif t == Type.PEEKED:
+        id_, offset, written = r.u64("id"), r.u64("offset"), r.u64("written")
+        data = r.raw(len(body) - r.pos)
+        _check_peeked(id_, offset, written, data)
+        frame = Peeked(id_, offset, written, data)
     else:  # Type.ERROR
         code = r.u16("code")
         if code == 0:
@@ -857,7 +944,7 @@ class Decoder:
             info = _TYPES[self._buf[p + 4]]  # type: ignore[index]
             body = bytes(self._buf[p + HEADER_SIZE:p + size])
             try:
-                frame = _parse_body(info, self._buf[p + 5], body)
+                frame = _parse_body(info, self._buf[p + 5], body, self.version or 0)
             except ProtocolError as e:
                 raise self._raise(e) from None
         self._pos += size

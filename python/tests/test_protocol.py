@@ -6,11 +6,11 @@ import random
 import unittest
 
 from capturefs.protocol import (
-    HEADER_SIZE, HELLO_SIZE, MAX_CHUNK, MAX_FRAME, MAX_PATH, MAX_PATTERNS, MAX_TEXT, VERSION,
+    HEADER_SIZE, HELLO_SIZE, MAX_CHUNK, MAX_FRAME, MAX_PATH, MAX_PATTERNS, MAX_PEEK, MAX_TEXT, VERSION,
     Ack, Closed, CloseStatus, CommandInput, CommandState, CommandStatus, CommandsReply, Data, Decoder,
-    Error, ErrorCode, Hello, Opened, Peer, ProtocolError, Renamed, StatusReply, StatusRequest,
-    StreamState, StreamStatus, Subscribe, Subscribed, code_name, decode_all, encode, encode_commands,
-    encode_status)
+    Error, ErrorCode, Hello, Opened, Peek, Peeked, Peer, ProtocolError, Renamed, StatusReply, StatusRequest,
+    StreamState, StreamStatus, Subscribe, Subscribed, WaitReason, code_name, decode_all, encode,
+    encode_commands, encode_status)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("CAPTUREFS_SRC") or os.path.join(HERE, "..", "..")
@@ -32,6 +32,22 @@ def session(*frames):
 def session2(*frames):
     """A version 2 connection."""
     return [Hello(2)] + list(frames)
+
+
+def session3(*frames):
+    """A version 3 connection."""
+    return [Hello(3)] + list(frames)
+
+
+def encode_session(frames):
+    """The frames of one connection, each in the version of the last hello
+    before it (the STATUS record layout depends on it)."""
+    version, out = VERSION, []
+    for f in frames:
+        if isinstance(f, Hello):
+            version = min(f.version, VERSION)
+        out.append(encode(f, version))
+    return b"".join(out)
 
 
 def command(id_, pid, state, code, input_, nbytes, started, ended, path, note=""):
@@ -84,6 +100,15 @@ EXPECTED = {
     "server_session_v2": session2(
         CommandsReply([command(1, 4242, CommandState.EXITED, 0, CommandInput.COMPLETE, 6, T0, T0 + 1, b"a.txt")]),
         StatusReply()),
+    # Version 3.
+    "hello_server_v3": session3(),
+    "status_v3": session3(StatusReply([
+        StreamStatus(1, 4242, 1000, T0, 3 << 20, 1 << 20, 250000, StreamState.STREAMING, b"build.log",
+                     1 << 20, WaitReason.CONSUMER),
+        StreamStatus(5, 77, 0, T0 + 5, 10, 0, 0, StreamState.WRITING, b"out/\xffbin", 0, WaitReason.SPILL_LIMIT)])),
+    "peek": session3(Peek(4096, b"logs/build.log")),
+    "peeked": session3(Peeked(1, 4, 10, b"o\nwor")),
+    "peeked_none": session3(Peeked()),
 }
 
 
@@ -132,7 +157,7 @@ class Vectors(unittest.TestCase):
         for name, sender, _, data in vectors:
             with self.subTest(name):
                 frames = EXPECTED[name]
-                self.assertEqual(b"".join(encode(f) for f in frames).hex(), data.hex())
+                self.assertEqual(encode_session(frames).hex(), data.hex())
                 for sizes in (None, [1], random_sizes(7)):
                     got, err, consumed = decode(sender, data, sizes)
                     self.assertIsNone(err)
@@ -162,6 +187,7 @@ CLIENT_SAMPLES = [
     Subscribe([big_path(MAX_PATH, bytes([97 + i % 26])) for i in range(MAX_PATTERNS)]),
     Ack(0, 0), Ack(1, 1 << 40), Ack(2**64 - 1, 2**64 - 1),
     StatusRequest(), StatusRequest(commands=True),
+    Peek(1, b"a"), Peek(MAX_PEEK, big_path(MAX_PATH)),
 ]
 
 SERVER_SAMPLES = [
@@ -178,6 +204,8 @@ SERVER_SAMPLES = [
     StatusReply([StreamStatus(i + 1, 100 + i, 1000, T0 + i, 1 << 33, 1 << 32, 12345, StreamState(i),
                               "s%d" % i) for i in range(4)], more=True),
     StatusReply([StreamStatus(9, 1, 1, 1, 1, 1, 1, StreamState.DRAINING, big_path(MAX_PATH))]),
+    StatusReply([StreamStatus(9, 1, 1, 1, 1, 1, 1, StreamState.HELD, b"v3", 2**64 - 1, WaitReason.MEMORY)]),
+    Peeked(), Peeked(1, 0, 0, b""), Peeked(2**64 - 1, 1 << 40, 2**64 - 1, b"\x5a" * MAX_PEEK),
     Error(ErrorCode.TRUNCATED, ""), Error(ErrorCode.INTERNAL, "m" * MAX_TEXT),
     Error(0xFFFF, "future code"),
     CommandsReply(),
@@ -223,11 +251,30 @@ class RoundTrip(unittest.TestCase):
         self.assertEqual(Opened(1, 0, 0, 0, 0, "caf\u00e9").path, "caf\u00e9".encode())
 
 
+class Version3(unittest.TestCase):
+    def test_status_records_have_spilled_and_wait_from_version_3_only(self):
+        r = StreamStatus(1, 2, 3, T0, 100, 50, 10, StreamState.WRITING, b"x", 40, WaitReason.MEMORY)
+        for v in (1, 2, 3):
+            got = decode_all(Peer.SERVER, encode(Hello(v)) + encode_status([r], v))[1:]
+            want = r if v >= 3 else StreamStatus(1, 2, 3, T0, 100, 50, 10, StreamState.WRITING, b"x")
+            self.assertEqual(got, [StatusReply([want])], v)
+
+    def test_peek_is_refused_before_version_3(self):
+        _, err, _ = decode(Peer.CLIENT, encode(Hello(2)) + encode(Peek(1, b"a")))
+        self.assertEqual(err.code, ErrorCode.BAD_TYPE)
+        for bad, code in ((Peek(0, b"a"), ErrorCode.BAD_VALUE), (Peek(MAX_PEEK + 1, b"a"), ErrorCode.LIMIT),
+                          (Peeked(0, 1), ErrorCode.BAD_VALUE), (Peeked(1, 0, 0, bytes(MAX_PEEK + 1)),
+                                                                ErrorCode.TOO_LARGE)):
+            with self.assertRaises(ProtocolError) as cm:
+                encode(bad)
+            self.assertEqual(cm.exception.code, code)
+
+
 class Splitting(unittest.TestCase):
     def test_every_two_way_split(self):
         frames = session(Subscribed(), Opened(1, 0, T0, 1, 2, b"p"), Data(1, 0, b"abc"),
                          Renamed(1, b"q"), Closed(1, 3))
-        data = b"".join(encode(f) for f in frames)
+        data = encode_session(frames)
         for cut in range(len(data) + 1):
             dec = Decoder(Peer.SERVER)
             dec.feed(data[:cut])
@@ -241,7 +288,7 @@ class Splitting(unittest.TestCase):
     def test_long_session_in_random_slices(self):
         for sender, samples in ((Peer.CLIENT, CLIENT_SAMPLES[:3]), (Peer.SERVER, SERVER_SAMPLES[:6])):
             frames = [Hello()] + samples * 3
-            data = b"".join(encode(f) for f in frames)
+            data = encode_session(frames)
             for seed in range(10):
                 got, err, consumed = decode(sender, data, random_sizes(seed))
                 self.assertIsNone(err)
@@ -432,7 +479,7 @@ class Versions(unittest.TestCase):
 def check_invariants(test, data):
     """The fuzz target's invariants (tests/proto/fuzz_decoder.cpp)."""
     for sender in (Peer.CLIENT, Peer.SERVER):
-        for prefix in (b"", encode(Hello(1)), encode(Hello(2))):
+        for prefix in (b"", encode(Hello(1)), encode(Hello(2)), encode(Hello(3))):
             wire = prefix + data
             whole = decode(sender, wire)
             for sizes in ([1], random_sizes(len(wire))):
@@ -441,7 +488,7 @@ def check_invariants(test, data):
                 test.assertEqual(repr(whole[1]), repr(other[1]))
                 test.assertEqual(whole[2], other[2])
             frames, err, consumed = whole
-            test.assertEqual(b"".join(encode(f) for f in frames), wire[:consumed])
+            test.assertEqual(encode_session(frames), wire[:consumed])
             if err is not None:
                 test.assertIn(int(err.code), DECODING_CODES)
                 encode(err.frame())

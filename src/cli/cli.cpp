@@ -1,10 +1,10 @@
 #include "cli/cli.hpp"
 
+#include <poll.h>
 #include <spawn.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
-#include <poll.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -12,8 +12,11 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -24,11 +27,11 @@
 #include "capturefs/capturefs.hpp"
 #include "cli/clients.hpp"
 #include "cli/exec.hpp"
+#include "cli/locate.hpp"
+#include "cli/mount_opts.hpp"
 #include "core/log.hpp"
 #include "core/size.hpp"
-#include "lib/internal.hpp"
 #include "lib/preflight.hpp"
-#include "server/server.hpp"
 
 extern char** environ;
 
@@ -45,8 +48,13 @@ No FIFO is created, nothing named is written to disk, and memory is bounded
 
   capturefs mount /tmp/cap                # returns once the mount is live
   some-tool --output /tmp/cap/result.txt  # the tool writes a "regular file"
-  cat /tmp/cap/result.txt                 # read it (while or after it is written)
+  capturefs peek /tmp/cap/result.txt      # look at its first bytes (consumes nothing)
+  cat /tmp/cap/result.txt                 # read it: READING CONSUMES the stream
   capturefs umount /tmp/cap               # or: fusermount3 -u /tmp/cap
+
+Also a mount helper: `mount -t fuse.capturefs none /tmp/cap -o max_memory=64M`
+and fstab lines of type fuse.capturefs run `capturefs none /tmp/cap -o ...`.
+See capturefs(1).
 )";
 
 constexpr const char* kMountFooter = R"footer(
@@ -75,70 +83,67 @@ struct MountArgs {
   std::string exec;
   std::vector<std::string> exec_globs;
   std::vector<std::string> hold;  // --hold GLOB
-  std::string socket;  // --socket PATH: serve docs/protocol.md there
+  std::string socket;  // --socket PATH: serve docs/protocol.md there ("": the default one)
+  bool no_socket = false;
+  std::string log_file;
   unsigned exec_jobs = 0;  // 0: the number of CPUs
   bool exec_given = false;
 };
 
 // ---- `capturefs status` shows the commands (docs/protocol.md, COMMANDS)
 
-std::int64_t ns_of(const timespec& t) {
-  return static_cast<std::int64_t>(t.tv_sec) * 1000000000 + static_cast<std::int64_t>(t.tv_nsec);
-}
-
-proto::CommandInput input_of(ExecInput i) {
+CommandStatus::Input input_of(ExecInput i) {
   switch (i) {
-    case ExecInput::feeding: return proto::CommandInput::feeding;
-    case ExecInput::complete: return proto::CommandInput::complete;
-    case ExecInput::cut_short: return proto::CommandInput::cut_short;
+    case ExecInput::feeding: return CommandStatus::Input::feeding;
+    case ExecInput::complete: return CommandStatus::Input::complete;
+    case ExecInput::cut_short: return CommandStatus::Input::cut_short;
     case ExecInput::incomplete: break;
   }
-  return proto::CommandInput::incomplete;
+  return CommandStatus::Input::incomplete;
 }
 
-proto::CommandStatus record_of(const ExecExit& x) {
-  proto::CommandStatus c;
-  c.id = x.stream_id;
-  c.pid = static_cast<std::uint32_t>(x.pid);
+CommandStatus record_of(const ExecExit& x) {
+  CommandStatus c;
+  c.stream_id = x.stream_id;
+  c.pid = x.pid > 0 ? x.pid : 0;
   c.input = input_of(x.input);
   c.bytes = x.bytes;
-  c.started_ns = ns_of(x.started);
-  c.ended_ns = ns_of(x.ended);
+  c.started = x.started;
+  c.ended = x.ended;
   c.path = x.path;
   c.note = x.note;
   if (x.pid <= 0) {
-    c.pid = 0;
-    c.state = proto::CommandState::not_started;
+    c.state = CommandStatus::State::not_started;
   } else if (x.status != -1 && WIFEXITED(x.status)) {
-    c.state = proto::CommandState::exited;
-    c.code = static_cast<std::uint8_t>(WEXITSTATUS(x.status));
+    c.state = CommandStatus::State::exited;
+    c.code = WEXITSTATUS(x.status);
   } else if (x.status != -1 && WIFSIGNALED(x.status)) {
-    c.state = proto::CommandState::killed;
-    c.code = static_cast<std::uint8_t>(WTERMSIG(x.status));
+    c.state = CommandStatus::State::killed;
+    c.code = WTERMSIG(x.status);
   } else {
-    c.state = proto::CommandState::unknown;
+    c.state = CommandStatus::State::unknown;
     if (c.note.empty()) c.note = x.status == -1 ? "not waited for" : describe_wait_status(x.status);
   }
   return c;
 }
 
-proto::CommandStatus record_of(const ExecRunning& r) {
-  proto::CommandStatus c;
-  c.id = r.stream_id;
-  c.pid = static_cast<std::uint32_t>(r.pid);
-  c.state = proto::CommandState::running;
+CommandStatus record_of(const ExecRunning& r) {
+  CommandStatus c;
+  c.stream_id = r.stream_id;
+  c.pid = r.pid;
+  c.state = CommandStatus::State::running;
   c.input = input_of(r.input);
   c.bytes = r.bytes;
-  c.started_ns = ns_of(r.started);
+  c.started = r.started;
   c.path = r.path;
   c.note = r.note;
   return c;
 }
 
 /// Those that ended (oldest first), then those running.
-std::vector<proto::CommandStatus> command_records(const ExecRunner& runner) {
+std::vector<CommandStatus> command_records(const ExecRunner& runner) {
   const ExecSnapshot snap = runner.snapshot();
-  std::vector<proto::CommandStatus> out;
+  std::vector<CommandStatus> out;
   out.reserve(snap.recent.size() + snap.running.size());
   for (const auto& x : snap.recent) out.push_back(record_of(x));
   for (const auto& r : snap.running) out.push_back(record_of(r));
@@ -186,29 +191,50 @@ int run_mount(const MountArgs& a) {
     log::error("--spill-limit must be at least 2M (--no-spill turns spilling off)");
     return 2;
   }
-  // The socket first: a path in use fails the mount before anything is mounted.
-  std::unique_ptr<server::Listener> listener;
-  if (!a.socket.empty()) {
+  // The log file before the fork (a relative path means the caller's
+  // directory; the daemon changes to /).
+  if (!a.log_file.empty()) {
     std::string error;
-    listener = server::Listener::open(a.socket, &error);
-    if (!listener) {
-      log::error("cannot mount {}: --socket: {}", a.mountpoint, error);
+    if (!log::to_file(a.log_file, &error)) {
+      log::error("cannot mount {}: --log-file: {}", a.mountpoint, error);
       return 1;
+    }
+  }
+  // The socket: --socket PATH, else a default one for `capturefs status
+  // DIR` and friends (found through the mount root's xattr).
+  if (!a.socket.empty()) {
+    opt.socket = a.socket;
+  } else if (!a.no_socket) {
+    char real[PATH_MAX];
+    if (realpath(a.mountpoint.c_str(), real) != nullptr) {
+      std::string error;
+      opt.socket = default_socket(real, &error);
+      if (opt.socket.empty())
+        log::warn("no socket for {} ({}): `capturefs status/cat/watch/peek` will not find it; "
+                  "give --socket PATH",
+                  a.mountpoint, error);
     }
   }
   std::unique_ptr<Mount> m;
   try {
     m = std::make_unique<Mount>(opt, /*serve_now=*/false);
   } catch (const std::system_error& e) {
-    log::error("{}", e.what());
+    log::error("cannot mount {}: {}", a.mountpoint, e.what());
     return 1;
   }
-  if (!a.foreground && !a.debug) m->daemonize();
-  log::info("mounted {} (max-memory {}, max-stream {}, {})", m->mountpoint(),
+  const bool background = !a.foreground && !a.debug;
+  if (background) {
+    m->daemonize();
+    // stdout and stderr are /dev/null from here: without a log file, the
+    // log goes to syslog (journald).
+    if (a.log_file.empty()) log::to_syslog();
+  }
+  log::info("mounted {} (max-memory {}, max-stream {}, {}{})", m->mountpoint(),
             core::format_size(opt.max_memory), core::format_size(std::min(opt.max_stream, opt.max_memory)),
             m->spill_dir().empty() ? std::string("no spilling")
                                    : "spilling up to " + core::format_size(opt.spill_limit) + " to " +
-                                         m->spill_dir());
+                                         m->spill_dir(),
+            m->socket().empty() ? std::string() : ", socket " + m->socket());
   // After daemonize(): the runner starts threads, which a fork would lose.
   std::unique_ptr<ExecRunner> runner;
   if (a.exec_given) {
@@ -219,7 +245,7 @@ int run_mount(const MountArgs& a) {
     try {
       runner = std::make_unique<ExecRunner>(*m, eo);
     } catch (const std::system_error& e) {
-      log::error("{}", e.what());
+      log::error("--exec: {}", e.what());
       return 1;
     }
     std::string which = "every file";
@@ -228,24 +254,16 @@ int run_mount(const MountArgs& a) {
       for (const auto& g : eo.globs) which += " '" + log_quote(g) + "'";
     }
     log::info("exec: running '{}' for {}, at most {} at once", log_quote(eo.command), which, runner->jobs());
-  }
-  // After daemonize() too (threads). Declared after m: destroyed first.
-  std::unique_ptr<server::Server> srv;
-  if (listener) {
-    server::ServerOptions so;
     // `capturefs status` lists the commands too. The runner outlives the
-    // server (it is stopped first, below).
-    if (runner) so.commands = [r = runner.get()] { return command_records(*r); };
-    srv = std::make_unique<server::Server>(detail::MountAccess::volume(*m), std::move(listener), so);
-    srv->start();
-    log::info("socket: serving {}", srv->path());
+    // socket server (it is stopped after the unmount, below).
+    m->set_status_commands([r = runner.get()] { return command_records(*r); });
   }
   if (a.ready_fd >= 0) {
     static constexpr char kReady[] = "ready\n";
     (void)!::write(a.ready_fd, kReady, sizeof kReady - 1);
     ::close(a.ready_fd);
   }
-  const int rc = m->serve();
+  const int rc = m->serve();  // also serves the socket
   const std::string mp = m->mountpoint();
   // Unmounted (fusermount3 -u, capturefs umount, or a signal): nothing new
   // can be opened. What a push consumer has or will take is delivered to
@@ -318,10 +336,6 @@ int run_mount(const MountArgs& a) {
     runner->stop();
     runner.reset();
   }
-  if (srv) {
-    srv->stop();  // removes the socket path, ends every connection (quick)
-    srv.reset();
-  }
   m.reset();
   log::info("unmounted {}", mp);
   return rc == 0 ? 0 : 1;
@@ -364,22 +378,31 @@ int daemon_pidfd(const std::string& abs, pid_t* pid) {
 
 // Waits for the daemon to exit once unmounted: it delivers what push
 // consumers have or will take first (see run_mount).
-void wait_for_daemon(int pidfd, pid_t pid, const std::string& mountpoint) {
-  const auto t0 = std::chrono::steady_clock::now();
+// Progress (streams and bytes left, from the daemon's socket) once a
+// second, on one line when stderr is a terminal.
+void wait_for_daemon(int pidfd, pid_t pid, const std::string& mountpoint, const std::string& sock) {
+  const bool tty = ::isatty(STDERR_FILENO) != 0;
   bool said = false;
   for (;;) {
     pollfd p{pidfd, POLLIN, 0};
     const int r = ::poll(&p, 1, 1000);
     if (r > 0 || (r < 0 && errno != EINTR)) break;
-    const auto waited = std::chrono::steady_clock::now() - t0;
-    if (!said && waited >= std::chrono::seconds(1)) {
+    if (!said) {
       std::fprintf(stderr,
-                   "capturefs umount: %s is unmounted; its daemon (pid %d) is delivering what its "
-                   "consumers hold (kill -TERM %d cuts it; --no-wait does not wait)\n",
+                   "capturefs umount: %s is unmounted; its daemon (pid %d) delivers what its consumers "
+                   "hold (kill -TERM %d cuts it short; --no-wait does not wait)\n",
                    mountpoint.c_str(), static_cast<int>(pid), static_cast<int>(pid));
       said = true;
     }
+    if (sock.empty()) continue;
+    if (const auto left = pending_deliveries(sock)) {
+      std::fprintf(stderr, "%scapturefs umount: %zu stream%s (%s) left to deliver, %zu command%s running%s",
+                   tty ? "\r" : "", left->streams, left->streams == 1 ? "" : "s",
+                   core::format_size(left->bytes).c_str(), left->commands, left->commands == 1 ? "" : "s",
+                   tty ? "   " : "\n");
+    }
   }
+  if (said && tty) std::fputc('\n', stderr);
   ::close(pidfd);
 }
 
@@ -401,8 +424,12 @@ int run_umount(const std::string& mountpoint, bool lazy, bool no_wait) {
   // dead mounts (ENOTCONN) too.
   pid_t daemon = 0;
   const int pidfd = no_wait ? -1 : daemon_pidfd(abs, &daemon);
+  std::string sock;  // for progress, if the daemon serves one
+  if (pidfd >= 0) {
+    if (const auto where = locate(abs)) sock = where->socket;
+  }
   auto done = [&] {
-    if (pidfd >= 0) wait_for_daemon(pidfd, daemon, mountpoint);
+    if (pidfd >= 0) wait_for_daemon(pidfd, daemon, mountpoint, sock);
     return 0;
   };
   std::vector<std::string> args = {"fusermount3", lazy ? "-uz" : "-u", "--", abs};
@@ -438,7 +465,10 @@ int tool_main(int argc, char** argv) {
   mount->add_flag("-f,--foreground", m.foreground, "Stay in the foreground (default: return once mounted and run in the background)");
   mount->add_flag("-d,--debug", m.debug, "Log every FUSE request (implies -f)");
   mount->add_flag("-v,--verbose", m.verbose, "Log mounts, unmounts and other events");
-  mount->add_option("-o", m.options, "FUSE mount options, comma-separated, repeatable (allow_other, fsname=NAME, ...)")
+  mount->add_option("-o", m.options,
+                    "Mount options, comma-separated, repeatable: FUSE ones (allow_other, fsname=NAME, ...) "
+                    "and every long option below as name=value, dashes as underscores "
+                    "(max_memory=64M, no_spill, hold=*.zip, socket=PATH, log_file=PATH)")
       ->type_name("OPT[,OPT...]");
   mount->add_option("--max-memory", m.max_memory, "Cap on bytes buffered in all streams together (K/M/G suffixes)")
       ->capture_default_str()->type_name("SIZE");
@@ -497,10 +527,17 @@ int tool_main(int argc, char** argv) {
                     "read-back and truncate work, and the file is delivered whole when its last "
                     "writer closes it (mp4, zip, wav; counts against --max-memory, then spills); repeatable")
       ->type_name("GLOB");
-  mount->add_option("--socket", m.socket,
-                    "Serve socket delivery (docs/protocol.md) on a Unix socket at PATH (mode 0600; "
-                    "for `capturefs cat/watch/status` and the Python client)")
-      ->type_name("PATH");
+  auto* socket_opt = mount->add_option(
+      "--socket", m.socket,
+      "Serve socket delivery (docs/protocol.md) on a Unix socket at PATH (mode 0600) for "
+      "`capturefs cat/watch/take/status/peek` and the Python client. Default: a socket in "
+      "$XDG_RUNTIME_DIR/capturefs/ (root: /run/capturefs/), found by the clients from the mountpoint")
+                        ->type_name("PATH");
+  mount->add_flag("--no-socket", m.no_socket, "Serve no socket at all")->excludes(socket_opt);
+  mount->add_option("--log-file", m.log_file,
+                    "Append the daemon's log to FILE (default: stderr in the foreground, syslog/journald "
+                    "in the background)")
+      ->type_name("FILE");
   mount->footer(kMountFooter);
 
   std::string umount_point;
@@ -521,54 +558,123 @@ int tool_main(int argc, char** argv) {
                  "A mount whose daemon has died (transport endpoint is not connected) is always\n"
                  "detached, even with files still open on it (they can only fail).");
 
-  // Socket clients (the daemon must run with --socket PATH).
+  // Socket clients: the daemon is found from a path in its mount, or --socket.
   auto add_socket_option = [](CLI::App& sub, std::string& target) {
-    sub.add_option("-s,--socket", target, "The daemon's socket (mount --socket PATH); default: $CAPTUREFS_SOCKET")
-        ->envname("CAPTUREFS_SOCKET")->required()->type_name("PATH");
+    sub.add_option("-s,--socket", target,
+                   "The daemon's socket (default: $CAPTUREFS_SOCKET, else found from the mount path given)")
+        ->envname("CAPTUREFS_SOCKET")->type_name("PATH");
   };
   CatArgs cat_args;
-  auto* cat = app.add_subcommand("cat", "Write one stream's bytes to stdout, taking it through the socket");
+  auto* cat = app.add_subcommand("cat", "Write one stream's bytes to stdout, taking (consuming) it");
   add_socket_option(*cat, cat_args.socket);
   cat->add_flag("-w,--wait", cat_args.wait, "Wait for NAME to appear (default: fail at once if it does not exist)");
-  cat->add_option("NAME", cat_args.name, "The stream's path relative to the mount root")->required();
+  cat->add_flag("-p,--progress", cat_args.progress, "Show bytes and rate on stderr (when it is a terminal)");
+  cat->add_option("NAME", cat_args.name, "MOUNT/PATH, or with --socket the stream's path relative to the mount root")
+      ->required();
   cat->footer("\nExits 0 once the stream is complete; 1 (with a message) if it was aborted, does not exist,\n"
               "or another consumer has it. The bytes are acknowledged as they are written to stdout;\n"
-              "if cat dies, the rest goes to the next consumer.");
+              "if cat dies, the rest goes to the next consumer. To look without consuming: capturefs peek.");
+
+  PeekArgs peek_args;
+  auto* peek = app.add_subcommand("peek", "Show the first bytes of a stream without consuming them");
+  add_socket_option(*peek, peek_args.socket);
+  peek->add_option("NAME", peek_args.name, "MOUNT/PATH, or with --socket the stream's path relative to the mount root")
+      ->required();
+  peek->add_option("-n,--bytes", peek_args.bytes, "How many bytes (at most 65536)")
+      ->capture_default_str()->check(CLI::Range(1U, 65536U));
+  peek->footer("\nThe bytes shown are the first ones not yet consumed; nothing is taken from the stream\n"
+               "(reading the file through the mount, by contrast, consumes it).");
 
   WatchArgs watch_args;
-  auto* watch = app.add_subcommand("watch", "Print one JSON line per stream event");
+  auto* watch = app.add_subcommand("watch", "Print one JSON line per stream event; consumes nothing");
   add_socket_option(*watch, watch_args.socket);
-  watch->add_flag("--observe", watch_args.observe,
-                  "Only watch (opened/renamed/closed); without it, watch consumes the matching streams "
-                  "(and prints a line per data chunk)");
-  watch->add_option("GLOB", watch_args.globs, "Paths to watch (fnmatch, '*' matches '/'); default: *");
+  watch->add_flag("--observe", watch_args.observe, "(the default; kept for compatibility)")->group("");
+  watch->add_option("ARGS", watch_args.globs, "[MOUNT] [GLOB...]: paths to watch (fnmatch, '*' matches '/'); default: *");
   watch->footer("\nLines: {\"event\":\"opened\",\"id\":1,\"path\":\"build.log\",\"offset\":0,\"pid\":4242,\"uid\":1000,\"time\":\"...Z\"}\n"
-                "       {\"event\":\"data\",\"id\":1,\"offset\":0,\"length\":6}  (without --observe)\n"
                 "       {\"event\":\"renamed\",\"id\":1,\"path\":\"archive/build.log\"}\n"
                 "       {\"event\":\"closed\",\"id\":1,\"path\":\"...\",\"total\":6,\"status\":\"complete\"}\n"
                 "Control characters are escaped; a byte that is not valid UTF-8 is written as \\u00XX,\n"
-                "and such a path also comes exactly as \"path_base64\".");
+                "and such a path also comes exactly as \"path_base64\". To consume: capturefs take.");
+
+  TakeArgs take_args;
+  auto* take = app.add_subcommand("take", "Consume matching streams: write each to a directory or pipe it to a command");
+  add_socket_option(*take, take_args.socket);
+  take->add_option("ARGS", take_args.globs, "[MOUNT] [GLOB...]: the streams to take (fnmatch, '*' matches '/'); default: *");
+  auto* take_to = take->add_option("-t,--to", take_args.to_dir, "Write each stream to DIR/PATH (made when complete)")
+                      ->type_name("DIR");
+  auto* take_exec = take->add_option("-x,--exec", take_args.exec,
+                                     "Pipe each stream to /bin/sh -c CMD (environment: CAPTUREFS_PATH)")
+                        ->type_name("CMD");
+  take_to->excludes(take_exec);
+  take->add_flag("-1,--once", take_args.once, "Take one stream, then exit");
+  take->footer("\nPrints one JSON line per stream taken: {\"event\":\"taken\",\"id\":1,\"path\":\"a.log\",\"total\":6,\n"
+               "\"status\":\"complete\",...}. A stream that ends aborted leaves no file. Runs until the daemon stops.");
 
   StatusArgs status_args;
   auto* status = app.add_subcommand(
-      "status", "List every live stream (writer, bytes written and delivered, rate, state) and the commands of --exec");
+      "status", "List every live stream (writer, bytes written, delivered and spilled, rate, state, waits) and the commands of --exec");
   add_socket_option(*status, status_args.socket);
+  status->add_option("MOUNT", status_args.mount, "The mountpoint (instead of --socket)");
   status->add_flag("--json", status_args.json, "One JSON object per line instead of a table");
-  status->footer("\nWith a daemon that runs --exec, a second table lists its commands: those that ended (the\n"
+  status->add_option("-W,--watch", status_args.watch, "Refresh every SECONDS (default 2) until interrupted")
+      ->expected(0, 1)->type_name("[SECONDS]");
+  status->footer("\nWAIT says on what a writer waits: consumer (its consumer is slow), memory (the memory caps,\n"
+                 "no spilling) or spill-limit; SPILLED is the bytes of the stream in its spill file.\n"
+                 "With a daemon that runs --exec, a second table lists its commands: those that ended (the\n"
                  "last 256, oldest first), then those running, each with its pid, the bytes fed to its stdin,\n"
                  "INPUT (feeding, complete, cut short: it exited before reading everything and the writer\n"
                  "got EPIPE, incomplete: the stream ended early) and STATE (running, exited N, killed by\n"
                  "signal NAME, not started). JSON lines have \"kind\":\"stream\" or \"kind\":\"command\".");
 
+  // ---- Before parsing: the mount helper's form, unknown subcommands, -o.
+  std::vector<std::string> args(argv, argv + argc);
+  std::vector<std::string> subcommands;
+  for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    subcommands.push_back(sub->get_name());
+    for (const auto& al : sub->get_aliases()) subcommands.push_back(al);
+  }
+  if (auto helper = helper_argv(args, subcommands)) args = std::move(*helper);
+  if (args.size() > 1 && !args[1].empty() && args[1][0] != '-' &&
+      std::find(subcommands.begin(), subcommands.end(), args[1]) == subcommands.end()) {
+    std::string msg = "capturefs: error: unknown command '" + args[1] + "'";
+    if (const std::string near = did_you_mean(args[1], subcommands); !near.empty())
+      msg += "; did you mean '" + near + "'?";
+    else
+      msg += " (commands: mount, umount, status, peek, cat, watch, take; see capturefs --help)";
+    std::fprintf(stderr, "%s\n", msg.c_str());
+    return 2;
+  }
+  if (args.size() > 1 && args[1] == "mount") {
+    std::vector<MountOptionSpec> specs;
+    for (const CLI::Option* o : mount->get_options()) {
+      if (o->get_lnames().empty() || o->get_lnames().front() == "help") continue;
+      specs.push_back({o->get_lnames().front(), o->get_expected_max() != 0});
+    }
+    std::string error;
+    auto expanded = expand_o(args, specs, &error);
+    if (!expanded) {
+      std::fprintf(stderr, "capturefs: error: -o: %s\n", error.c_str());
+      return 2;
+    }
+    args = std::move(*expanded);
+  }
+  std::vector<char*> cargs;
+  for (auto& a : args) cargs.push_back(a.data());
+
   try {
-    app.parse(argc, argv);
+    app.parse(static_cast<int>(cargs.size()), cargs.data());
     m.exec_given = exec->count() > 0;
     if (m.exec_given && m.exec.find_first_not_of(" \t\n") == std::string::npos)
       throw CLI::ValidationError("--exec", "the command is empty");
+    if (*take && take_args.to_dir.empty() && take_args.exec.empty())
+      throw CLI::ValidationError("take", "say where the streams go: --to DIR or --exec CMD");
+    status_args.watching = status->count("--watch") > 0;
     if (*mount) return run_mount(m);
     if (*umount) return run_umount(umount_point, lazy, no_wait);
     if (*cat) return run_cat(cat_args);
+    if (*peek) return run_peek(peek_args);
     if (*watch) return run_watch(watch_args);
+    if (*take) return run_take(take_args);
     if (*status) return run_status(status_args);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;

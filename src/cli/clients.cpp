@@ -1,17 +1,28 @@
 #include "cli/clients.hpp"
 
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <csignal>
+#include <ctime>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
+#include "cli/locate.hpp"
 #include "proto/codec.hpp"
 #include "server/client.hpp"
 #include "server/text.hpp"
+
+extern char** environ;
 
 namespace capturefs::cli {
 
@@ -56,23 +67,121 @@ const char* state_name(proto::StreamState s) {
 
 std::string num(std::uint64_t v) { return std::to_string(v); }
 
+const char* wait_name(proto::WaitReason w) {
+  switch (w) {
+    case proto::WaitReason::none: return "none";
+    case proto::WaitReason::consumer: return "consumer";
+    case proto::WaitReason::memory: return "memory";
+    case proto::WaitReason::spill_limit: return "spill_limit";
+  }
+  return "?";
+}
+
+bool is_explicit_path(const std::string& n) {
+  return n == "." || n == ".." || n.rfind('/', 0) == 0 || n.rfind("./", 0) == 0 || n.rfind("../", 0) == 0;
+}
+
+/// The socket and the stream path for NAME (`cat`, `peek`): a path in a
+/// mount, or, with a socket given, a path relative to its mount root.
+bool resolve_name(const char* cmd, const std::string& socket, const std::string& name, std::string* sock,
+                  std::string* rel) {
+  if (name.empty()) {
+    complain(cmd, "NAME is empty");
+    return false;
+  }
+  if (!socket.empty() && !is_explicit_path(name)) {
+    *sock = socket;
+    *rel = name;
+    return true;
+  }
+  if (auto at = locate(name)) {
+    if (at->rel.empty()) {
+      complain(cmd, "'" + server::printable(name) + "' is the root of the mount " + at->root + ", not a stream");
+      return false;
+    }
+    *sock = socket.empty() ? at->socket : socket;
+    *rel = at->rel;
+    return true;
+  }
+  if (!socket.empty()) {
+    *sock = socket;
+    *rel = name.rfind("./", 0) == 0 ? name.substr(2) : name;
+    return true;
+  }
+  complain(cmd, "'" + server::printable(name) +
+                    "' is not in a capturefs mount that serves a socket (give MOUNT/PATH, or --socket PATH and "
+                    "the path relative to the mount)");
+  return false;
+}
+
+/// The socket and globs for `watch`/`take` ARGS: [MOUNT] [GLOB...].
+bool resolve_globs(const char* cmd, const std::string& socket, const std::vector<std::string>& args,
+                   std::string* sock, std::vector<std::string>* globs) {
+  std::vector<std::string> rest = args;
+  std::string prefix;
+  *sock = socket;
+  struct stat st{};
+  if (!rest.empty() && ::stat(rest.front().c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    auto at = locate(rest.front());
+    if (!at) {
+      if (socket.empty()) {
+        complain(cmd, rest.front() + " is not a capturefs mount that serves a socket");
+        return false;
+      }
+    } else {
+      if (socket.empty()) *sock = at->socket;
+      prefix = at->rel.empty() ? "" : at->rel + "/";
+      rest.erase(rest.begin());
+    }
+  }
+  if (sock->empty()) {
+    if (auto here = locate(".")) {
+      *sock = here->socket;
+    } else {
+      complain(cmd, "which daemon? name its mountpoint (capturefs " + std::string(cmd) +
+                        " MOUNT) or give --socket PATH");
+      return false;
+    }
+  }
+  if (rest.empty()) rest.push_back("*");
+  globs->clear();
+  for (const auto& g : rest) globs->push_back(prefix + g);
+  return true;
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- cat
 
-int run_cat(const CatArgs& a) {
-  const std::string name = "'" + server::printable(a.name) + "'";
-  if (a.name.empty()) {
-    complain("cat", "NAME is empty");
-    return 2;
-  }
+int run_cat(const CatArgs& in) {
+  CatArgs a = in;
+  std::string rel;
+  if (!resolve_name("cat", in.socket, in.name, &a.socket, &rel)) return 2;
+  const std::string name = "'" + server::printable(rel) + "'";
+  const bool progress = a.progress && ::isatty(STDERR_FILENO) == 1;
+  std::uint64_t got = 0;
+  const double t0 = now_s();
+  double shown = t0;
+  auto show = [&](bool last) {
+    const double t = now_s();
+    if (!progress || (!last && t - shown < 0.5)) return;
+    shown = t;
+    const double rate = t > t0 ? static_cast<double>(got) / (t - t0) : 0;
+    std::fprintf(stderr, "\r%s: %s  %s/s   %s", server::printable(rel).c_str(), server::human_bytes(got).c_str(),
+                 server::human_bytes(static_cast<std::uint64_t>(rate)).c_str(), last ? "\n" : "");
+    std::fflush(stderr);
+  };
   try {
     ClientConnection c(a.socket);
     proto::Subscribe s;
     s.literal = true;
     s.once = true;
     s.nowait = !a.wait;
-    s.patterns = {a.name};
+    s.patterns = {rel};
     c.queue(s);
     std::uint64_t id = 0;
     bool opened = false;
@@ -105,10 +214,13 @@ int run_cat(const CatArgs& a) {
           return 1;  // not acknowledged: the rest goes to the next consumer
         }
         c.queue(proto::Ack{id, d->offset + d->bytes.size()});
+        got += d->bytes.size();
+        show(false);
         continue;
       }
       if (auto* cl = std::get_if<proto::Closed>(&*f)) {
         if (!opened || cl->id != id) continue;
+        show(true);
         if (cl->status == proto::CloseStatus::complete) {
           // The final ACK finishes the stream. The daemon handles a
           // connection's frames in order, so once the reply to a STATUS
@@ -134,39 +246,81 @@ int run_cat(const CatArgs& a) {
   }
 }
 
+// ---------------------------------------------------------------- peek
+
+int run_peek(const PeekArgs& in) {
+  std::string sock, rel;
+  if (!resolve_name("peek", in.socket, in.name, &sock, &rel)) return 2;
+  try {
+    ClientConnection c(sock);
+    if (c.version() < 3) {
+      complain("peek", sock + ": the daemon speaks protocol version " + num(c.version()) +
+                           "; peek needs version 3 (a newer capturefs daemon)");
+      return 1;
+    }
+    c.queue(proto::Peek{in.bytes, rel});
+    for (;;) {
+      auto f = c.next();
+      if (!f) {
+        complain("peek", sock + ": the daemon closed the connection before answering");
+        return 1;
+      }
+      if (auto* e = std::get_if<proto::Error>(&*f)) {
+        complain("peek", sock + ": '" + server::printable(rel) + "': " + server::describe(*e));
+        return 1;
+      }
+      auto* p = std::get_if<proto::Peeked>(&*f);
+      if (p == nullptr) continue;
+      if (p->id == 0) {
+        complain("peek", sock + ": '" + server::printable(rel) + "': no such stream");
+        return 1;
+      }
+      if (const int err = write_all(STDOUT_FILENO, p->bytes.data(), p->bytes.size())) {
+        complain("peek", std::string("stdout: ") + std::strerror(err));
+        return 1;
+      }
+      if (p->offset > 0 && ::isatty(STDERR_FILENO) == 1)
+        std::fprintf(stderr, "capturefs peek: (the first %llu bytes were consumed already)\n",
+                     static_cast<unsigned long long>(p->offset));
+      return 0;
+    }
+  } catch (const ClientError& e) {
+    complain("peek", e.what());
+    return 1;
+  }
+}
+
 // ---------------------------------------------------------------- watch
 
-int run_watch(const WatchArgs& a) {
+int run_watch(const WatchArgs& in) {
   using server::json_path_fields;
   using server::json_string;
+  std::string sock;
+  std::vector<std::string> globs;
+  if (!resolve_globs("watch", in.socket, in.globs, &sock, &globs)) return 2;
   try {
-    ClientConnection c(a.socket);
+    ClientConnection c(sock);
     proto::Subscribe s;
-    s.observe = a.observe;
-    s.patterns = a.globs.empty() ? std::vector<std::string>{"*"} : a.globs;
+    s.observe = true;  // watching consumes nothing (`capturefs take` does)
+    s.patterns = globs;
     c.queue(s);
     std::unordered_map<std::uint64_t, std::string> paths;  // for "closed" lines
     for (;;) {
       auto f = c.next();
       if (!f) {
-        complain("watch", a.socket + ": the daemon closed the connection");
+        complain("watch", sock + ": the daemon closed the connection");
         return 1;
       }
       std::string line;
       if (auto* e = std::get_if<proto::Error>(&*f)) {
-        complain("watch", a.socket + ": " + server::describe(*e));
+        complain("watch", sock + ": " + server::describe(*e));
         return e->code == proto::ErrorCode::shutdown ? 0 : 1;
       } else if (auto* o = std::get_if<proto::Opened>(&*f)) {
         paths[o->id] = o->path;
         line = "{\"event\":\"opened\",\"id\":" + num(o->id) + "," + json_path_fields(o->path) +
                ",\"offset\":" + num(o->offset) + ",\"pid\":" + num(o->pid) + ",\"uid\":" + num(o->uid) +
                ",\"time\":\"" + server::iso_time(o->time_ns) + "\"}";
-      } else if (auto* d = std::get_if<proto::Data>(&*f)) {
-        line = "{\"event\":\"data\",\"id\":" + num(d->id) + ",\"offset\":" + num(d->offset) +
-               ",\"length\":" + num(d->bytes.size()) + "}";
-        c.queue(proto::Ack{d->id, d->offset + d->bytes.size()});
       } else if (auto* r = std::get_if<proto::Renamed>(&*f)) {
-        // (After "closed" too: the creator renamed a delivered file.)
         if (auto it = paths.find(r->id); it != paths.end()) it->second = r->path;
         line = "{\"event\":\"renamed\",\"id\":" + num(r->id) + "," + json_path_fields(r->path) + "}";
       } else if (auto* cl = std::get_if<proto::Closed>(&*f)) {
@@ -178,14 +332,224 @@ int run_watch(const WatchArgs& a) {
         line += ",\"total\":" + num(cl->total) + ",\"status\":\"" +
                 (cl->status == proto::CloseStatus::complete ? "complete\"" : "aborted\",\"reason\":" + json_string(cl->reason)) +
                 "}";
-        if (!a.observe) c.queue(proto::Ack{cl->id, cl->total});
       } else {
         continue;  // SUBSCRIBED, STATUS
       }
-      if (!print_line(std::move(line))) return 1;  // stdout closed: stop (unacknowledged bytes go on)
+      if (!print_line(std::move(line))) return 1;  // stdout closed: stop
     }
   } catch (const ClientError& e) {
     complain("watch", e.what());
+    return 1;
+  }
+}
+
+// ---------------------------------------------------------------- take
+
+namespace {
+
+// Where one stream taken goes: a file (DIR/PATH.part, renamed when
+// complete) or a command's stdin.
+struct Taken {
+  std::string path;  // the stream's path (last known)
+  std::string file;  // --to: the final file; its ".part" while written
+  int fd = -1;
+  pid_t pid = 0;     // --exec: the command
+  std::uint64_t written = 0;
+  bool failed = false;
+  std::string why;
+};
+
+// A path in the mount as a relative path under --to: no "..", no empty
+// components, no leading '/'.
+std::string safe_rel(const std::string& p) {
+  std::string out;
+  std::size_t start = 0;
+  while (start <= p.size()) {
+    std::size_t slash = p.find('/', start);
+    if (slash == std::string::npos) slash = p.size();
+    std::string part = p.substr(start, slash - start);
+    if (part == "..") part = "__";
+    if (!part.empty() && part != ".") out += (out.empty() ? "" : "/") + part;
+    start = slash + 1;
+  }
+  return out.empty() ? "_" : out;
+}
+
+bool make_parents(const std::string& file, std::string* why) {
+  for (std::size_t at = file.find('/', 1); at != std::string::npos; at = file.find('/', at + 1)) {
+    const std::string dir = file.substr(0, at);
+    if (::mkdir(dir.c_str(), 0777) != 0 && errno != EEXIST) {
+      *why = dir + ": " + std::strerror(errno);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool start_taken(const TakeArgs& a, const std::string& path, Taken* t) {
+  t->path = path;
+  if (!a.to_dir.empty()) {
+    t->file = a.to_dir + "/" + safe_rel(path);
+    if (!make_parents(t->file, &t->why)) return false;
+    const std::string part = t->file + ".part";
+    t->fd = ::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (t->fd < 0) {
+      t->why = part + ": " + std::strerror(errno);
+      return false;
+    }
+    return true;
+  }
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) {
+    t->why = std::string("pipe: ") + std::strerror(errno);
+    return false;
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, p[0], STDIN_FILENO);
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e)
+    if (std::strncmp(*e, "CAPTUREFS_PATH=", 15) != 0) env.emplace_back(*e);
+  env.push_back("CAPTUREFS_PATH=" + path);
+  std::vector<char*> envp;
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::string sh = "/bin/sh", dash_c = "-c", cmd = a.exec;
+  char* argv[] = {sh.data(), dash_c.data(), cmd.data(), nullptr};
+  const int rc = posix_spawn(&t->pid, "/bin/sh", &fa, nullptr, argv, envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(p[0]);
+  if (rc != 0) {
+    ::close(p[1]);
+    t->why = std::string("cannot start the command: ") + std::strerror(rc);
+    return false;
+  }
+  t->fd = p[1];
+  return true;
+}
+
+/// Ends a taken stream: closes its file or pipe; "" if all went well, else why not.
+std::string finish_taken(Taken& t, bool complete) {
+  std::string why = t.why;
+  if (t.fd >= 0 && ::close(t.fd) != 0 && why.empty()) why = std::strerror(errno);
+  t.fd = -1;
+  if (!t.file.empty()) {
+    const std::string part = t.file + ".part";
+    if (complete && why.empty()) {
+      if (::rename(part.c_str(), t.file.c_str()) != 0) why = t.file + ": " + std::strerror(errno);
+    } else {
+      ::unlink(part.c_str());
+    }
+  }
+  if (t.pid > 0) {
+    int status = 0;
+    while (::waitpid(t.pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (why.empty() && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+      why = WIFEXITED(status) ? "the command exited " + num(static_cast<unsigned>(WEXITSTATUS(status)))
+                              : "the command was killed by signal " + num(static_cast<unsigned>(WTERMSIG(status)));
+  }
+  return why;
+}
+
+}  // namespace
+
+int run_take(const TakeArgs& in) {
+  std::string sock;
+  std::vector<std::string> globs;
+  if (!resolve_globs("take", in.socket, in.globs, &sock, &globs)) return 2;
+  TakeArgs a = in;
+  if (!a.to_dir.empty()) {
+    struct stat st{};
+    if (::stat(a.to_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      complain("take", "--to " + a.to_dir + ": " + (errno == 0 ? "not a directory" : std::strerror(errno)));
+      return 2;
+    }
+  }
+  std::signal(SIGPIPE, SIG_IGN);  // a command that stops reading is an EPIPE, not our death
+  int failures = 0;
+  try {
+    ClientConnection c(sock);
+    proto::Subscribe s;
+    s.once = a.once;
+    s.patterns = globs;
+    c.queue(s);
+    std::unordered_map<std::uint64_t, Taken> taken;
+    for (;;) {
+      auto f = c.next();
+      if (!f) {
+        complain("take", sock + ": the daemon closed the connection");
+        return 1;
+      }
+      if (auto* e = std::get_if<proto::Error>(&*f)) {
+        for (auto& [id, t] : taken) (void)finish_taken(t, false);
+        if (e->code == proto::ErrorCode::shutdown) return failures == 0 ? 0 : 1;
+        complain("take", sock + ": " + server::describe(*e));
+        return 1;
+      }
+      if (auto* o = std::get_if<proto::Opened>(&*f)) {
+        Taken t;
+        if (!start_taken(a, o->path, &t)) t.failed = true;
+        taken[o->id] = std::move(t);
+        continue;
+      }
+      if (auto* r = std::get_if<proto::Renamed>(&*f)) {
+        if (auto it = taken.find(r->id); it != taken.end()) it->second.path = r->path;
+        continue;
+      }
+      if (auto* d = std::get_if<proto::Data>(&*f)) {
+        auto it = taken.find(d->id);
+        if (it == taken.end()) continue;
+        Taken& t = it->second;
+        if (!t.failed) {
+          if (const int err = write_all(t.fd, d->bytes.data(), d->bytes.size())) {
+            t.failed = true;
+            t.why = (t.file.empty() ? std::string("the command's stdin") : t.file + ".part") + ": " +
+                    std::strerror(err);
+          } else {
+            t.written += d->bytes.size();
+          }
+        }
+        // Acknowledged also when it failed: the stream is ours, and its
+        // end says what became of it.
+        c.queue(proto::Ack{d->id, d->offset + d->bytes.size()});
+        continue;
+      }
+      if (auto* cl = std::get_if<proto::Closed>(&*f)) {
+        auto it = taken.find(cl->id);
+        if (it == taken.end()) continue;
+        const bool complete = cl->status == proto::CloseStatus::complete;
+        if (complete) c.queue(proto::Ack{cl->id, cl->total});
+        Taken t = std::move(it->second);
+        taken.erase(it);
+        const std::string why = finish_taken(t, complete);
+        std::string line = "{\"event\":\"taken\",\"id\":" + num(cl->id) + "," + server::json_path_fields(t.path) +
+                           ",\"total\":" + num(cl->total) + ",\"status\":\"";
+        if (!complete) {
+          line += "aborted\",\"reason\":" + server::json_string(cl->reason);
+          ++failures;
+        } else if (!why.empty()) {
+          line += "failed\",\"reason\":" + server::json_string(server::printable(why));
+          ++failures;
+        } else {
+          line += "complete\"";
+        }
+        if (!t.file.empty()) line += ",\"file\":" + server::json_string(server::printable(t.file));
+        if (!print_line(line + "}")) return 1;
+        if (a.once) {
+          // The final ACK finishes the stream; the STATUS reply is the barrier (see cat).
+          c.queue(proto::StatusRequest{});
+          for (;;) {
+            auto g = c.next();
+            if (!g) break;
+            if (auto* st = std::get_if<proto::StatusReply>(&*g); st && !st->more) break;
+          }
+          return failures == 0 ? 0 : 1;
+        }
+      }
+    }
+  } catch (const ClientError& e) {
+    complain("take", e.what());
     return 1;
   }
 }
@@ -239,8 +603,8 @@ std::string command_state_text(const proto::CommandStatus& c) {
 std::string stream_json(const proto::StreamStatus& r) {
   return "{\"kind\":\"stream\",\"id\":" + num(r.id) + "," + server::json_path_fields(r.path) + ",\"pid\":" + num(r.pid) +
          ",\"uid\":" + num(r.uid) + ",\"time\":\"" + server::iso_time(r.time_ns) + "\",\"written\":" + num(r.written) +
-         ",\"delivered\":" + num(r.delivered) + ",\"rate\":" + num(r.rate) + ",\"state\":\"" + state_name(r.state) +
-         "\"}";
+         ",\"delivered\":" + num(r.delivered) + ",\"spilled\":" + num(r.spilled) + ",\"rate\":" + num(r.rate) +
+         ",\"state\":\"" + state_name(r.state) + "\",\"wait\":\"" + wait_name(r.wait) + "\"}";
 }
 
 std::string command_json(const proto::CommandStatus& c) {
@@ -260,72 +624,157 @@ std::string command_json(const proto::CommandStatus& c) {
 
 }  // namespace
 
-int run_status(const StatusArgs& a) {
+std::optional<Pending> pending_deliveries(const std::string& sock) {
   try {
-    ClientConnection c(a.socket);
-    // The commands (--exec) are a version 2 feature: ask only a daemon that
-    // speaks it (an older one would refuse the request).
-    const bool ask_commands = c.version() >= 2;
-    c.queue(proto::StatusRequest{.commands = ask_commands});
-    std::vector<proto::StreamStatus> all;
-    std::vector<proto::CommandStatus> commands;
-    bool runs_commands = false;  // a COMMANDS frame came: the daemon runs --exec
+    ClientConnection c(sock);
+    c.queue(proto::StatusRequest{.commands = c.version() >= 2});
+    Pending p;
     for (;;) {
       auto f = c.next();
-      if (!f) {
-        complain("status", a.socket + ": the daemon closed the connection before answering");
-        return 1;
-      }
-      if (auto* e = std::get_if<proto::Error>(&*f)) {
-        complain("status", a.socket + ": " + server::describe(*e));
-        return 1;
-      }
+      if (!f || std::holds_alternative<proto::Error>(*f)) return std::nullopt;
       if (auto* cmds = std::get_if<proto::CommandsReply>(&*f)) {
-        runs_commands = true;
-        commands.insert(commands.end(), cmds->commands.begin(), cmds->commands.end());
+        for (const auto& cmd : cmds->commands)
+          if (cmd.state == proto::CommandState::running) ++p.commands;
         continue;
       }
       auto* part = std::get_if<proto::StatusReply>(&*f);
       if (part == nullptr) continue;
-      all.insert(all.end(), part->streams.begin(), part->streams.end());
-      if (!part->more) break;
+      for (const auto& r : part->streams) {
+        ++p.streams;
+        p.bytes += r.written > r.delivered ? r.written - r.delivered : 0;
+      }
+      if (!part->more) return p;
     }
-    if (a.json) {
-      for (const auto& r : all)
-        if (!print_line(stream_json(r))) return 1;
-      for (const auto& cmd : commands)
-        if (!print_line(command_json(cmd))) return 1;
-      return 0;
+  } catch (const std::exception&) {
+    return std::nullopt;  // gone, or going
+  }
+}
+
+namespace {
+
+/// One status listing of the daemon at `sock`, as lines; false (with a
+/// message printed) if it could not be had.
+bool status_lines(const std::string& sock, bool json, std::vector<std::string>* out) {
+  ClientConnection c(sock);
+  // The commands (--exec) are a version 2 feature: ask only a daemon that
+  // speaks it (an older one would refuse the request).
+  const bool ask_commands = c.version() >= 2;
+  const bool has_waits = c.version() >= 3;
+  c.queue(proto::StatusRequest{.commands = ask_commands});
+  std::vector<proto::StreamStatus> all;
+  std::vector<proto::CommandStatus> commands;
+  bool runs_commands = false;  // a COMMANDS frame came: the daemon runs --exec
+  for (;;) {
+    auto f = c.next();
+    if (!f) {
+      complain("status", sock + ": the daemon closed the connection before answering");
+      return false;
     }
-    char buf[256];
-    std::snprintf(buf, sizeof buf, "%-8s %10s %10s %10s  %-9s  %s", "PID", "WRITTEN", "DELIVERED", "RATE", "STATE",
-                  "PATH");
-    if (!print_line(buf)) return 1;
-    for (const auto& r : all) {
-      std::snprintf(buf, sizeof buf, "%-8u %10s %10s %10s  %-9s  ", r.pid, server::human_bytes(r.written).c_str(),
-                    server::human_bytes(r.delivered).c_str(), (server::human_bytes(r.rate) + "/s").c_str(),
-                    state_name(r.state));
-      if (!print_line(buf + server::printable(r.path))) return 1;
+    if (auto* e = std::get_if<proto::Error>(&*f)) {
+      complain("status", sock + ": " + server::describe(*e));
+      return false;
     }
-    if (!runs_commands) return 0;
-    // The commands of --exec: those that ended (oldest first), then those running.
-    std::snprintf(buf, sizeof buf, "\n%-8s %10s  %-10s  %-24s  %s", "CMD PID", "STDIN", "INPUT", "STATE", "PATH");
-    if (!print_line(buf)) return 1;
-    for (const auto& cmd : commands) {
-      std::string input = input_name(cmd.input);
-      std::replace(input.begin(), input.end(), '_', ' ');
-      std::snprintf(buf, sizeof buf, "%-8s %10s  %-10s  %-24s  ", cmd.pid != 0 ? num(cmd.pid).c_str() : "-",
-                    server::human_bytes(cmd.bytes).c_str(), input.c_str(), command_state_text(cmd).c_str());
-      if (!print_line(buf + server::printable(cmd.path))) return 1;
-      // Why, when it is not plain from the columns.
-      const bool explain = cmd.input == proto::CommandInput::incomplete ||
-                           cmd.state == proto::CommandState::not_started || cmd.state == proto::CommandState::unknown;
-      if (explain && !cmd.note.empty() && !print_line("         note: " + server::printable(cmd.note))) return 1;
+    if (auto* cmds = std::get_if<proto::CommandsReply>(&*f)) {
+      runs_commands = true;
+      commands.insert(commands.end(), cmds->commands.begin(), cmds->commands.end());
+      continue;
     }
-    return 0;
-  } catch (const ClientError& e) {
-    complain("status", e.what());
-    return 1;
+    auto* part = std::get_if<proto::StatusReply>(&*f);
+    if (part == nullptr) continue;
+    all.insert(all.end(), part->streams.begin(), part->streams.end());
+    if (!part->more) break;
+  }
+  if (json) {
+    for (const auto& r : all) out->push_back(stream_json(r));
+    for (const auto& cmd : commands) out->push_back(command_json(cmd));
+    return true;
+  }
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%-8s %10s %10s %10s %10s  %-9s  %-11s  %s", "PID", "WRITTEN", "DELIVERED",
+                "SPILLED", "RATE", "STATE", "WAIT", "PATH");
+  out->push_back(buf);
+  for (const auto& r : all) {
+    std::string wait = has_waits ? wait_name(r.wait) : "?";
+    if (wait == "none") wait = "-";
+    std::replace(wait.begin(), wait.end(), '_', '-');
+    std::snprintf(buf, sizeof buf, "%-8u %10s %10s %10s %10s  %-9s  %-11s  ", r.pid, server::human_bytes(r.written).c_str(),
+                  server::human_bytes(r.delivered).c_str(), has_waits ? server::human_bytes(r.spilled).c_str() : "?",
+                  (server::human_bytes(r.rate) + "/s").c_str(), state_name(r.state), wait.c_str());
+    out->push_back(buf + server::printable(r.path));
+  }
+  if (!runs_commands) return true;
+  // The commands of --exec: those that ended (oldest first), then those running.
+  out->push_back("");
+  std::snprintf(buf, sizeof buf, "%-8s %10s  %-10s  %-24s  %s", "CMD PID", "STDIN", "INPUT", "STATE", "PATH");
+  out->push_back(buf);
+  for (const auto& cmd : commands) {
+    std::string input = input_name(cmd.input);
+    std::replace(input.begin(), input.end(), '_', ' ');
+    std::snprintf(buf, sizeof buf, "%-8s %10s  %-10s  %-24s  ", cmd.pid != 0 ? num(cmd.pid).c_str() : "-",
+                  server::human_bytes(cmd.bytes).c_str(), input.c_str(), command_state_text(cmd).c_str());
+    out->push_back(buf + server::printable(cmd.path));
+    // Why, when it is not plain from the columns.
+    const bool explain = cmd.input == proto::CommandInput::incomplete ||
+                         cmd.state == proto::CommandState::not_started || cmd.state == proto::CommandState::unknown;
+    if (explain && !cmd.note.empty()) out->push_back("         note: " + server::printable(cmd.note));
+  }
+  return true;
+}
+
+}  // namespace
+
+int run_status(const StatusArgs& a) {
+  std::string sock = a.socket;
+  if (!a.mount.empty()) {
+    auto at = locate(a.mount);
+    if (!at) {
+      complain("status", a.mount + " is not a capturefs mount that serves a socket");
+      return 2;
+    }
+    if (sock.empty()) sock = at->socket;
+  } else if (sock.empty()) {
+    if (auto here = locate(".")) {
+      sock = here->socket;
+    } else {
+      complain("status", "which daemon? name its mountpoint (capturefs status MOUNT) or give --socket PATH");
+      return 2;
+    }
+  }
+  double every = 0;
+  if (a.watching) {
+    every = 2;
+    if (!a.watch.empty()) {
+      char* end = nullptr;
+      every = std::strtod(a.watch.c_str(), &end);
+      if (end == a.watch.c_str() || *end != '\0' || !(every >= 0.1 && every <= 86400)) {
+        complain("status", "--watch: '" + a.watch + "' is not a number of seconds from 0.1 to 86400");
+        return 2;
+      }
+    }
+  }
+  const bool tty = ::isatty(STDOUT_FILENO) == 1;
+  for (;;) {
+    std::vector<std::string> lines;
+    try {
+      if (!status_lines(sock, a.json, &lines)) return 1;
+    } catch (const ClientError& e) {
+      complain("status", e.what());
+      return 1;
+    }
+    std::string text;
+    if (every > 0 && tty) {
+      // Redraw in place: home, clear, a heading with the time.
+      const std::time_t t = std::time(nullptr);
+      char when[64];
+      std::strftime(when, sizeof when, "%H:%M:%S", std::localtime(&t));
+      text = "\033[H\033[2J" + std::string("capturefs status ") + sock + "  (every " + a.watch +
+             (a.watch.empty() ? "2" : "") + " s, " + when + ")\n\n";
+    }
+    for (const auto& l : lines) text += l + "\n";
+    if (write_all(STDOUT_FILENO, text.data(), text.size()) != 0) return 1;
+    if (every <= 0) return 0;
+    if (!tty && !print_line("")) return 1;  // a blank line between listings in a pipe
+    std::this_thread::sleep_for(std::chrono::duration<double>(every));
   }
 }
 

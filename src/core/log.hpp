@@ -1,6 +1,8 @@
-// Minimal leveled logging to stderr, shared by every layer.
+// Minimal leveled logging, shared by every layer.
 //
-// The sink is process-wide by nature (there is one stderr); the level is set
+// The sink is process-wide by nature (one stderr, one syslog connection):
+// stderr by default, or a file (`--log-file`), or syslog (a daemon in the
+// background, where stderr is /dev/null). The level and the sink are set
 // once at start-up by the CLI. Messages are formatted with fmt by the caller.
 #pragma once
 
@@ -15,6 +17,14 @@ enum class Level : int { Debug = 0, Info = 1, Warn = 2, Error = 3 };
 void set_level(Level l);
 bool enabled(Level l);
 void write(Level l, std::string_view msg);
+
+/// \brief Appends lines to the file at `path` (created mode 0640), each
+/// with a local timestamp and the pid, instead of writing to stderr.
+/// False, with *error naming the path and the cause, if it cannot be opened.
+bool to_file(const std::string& path, std::string* error);
+/// \brief Sends lines to syslog(3) (journald), ident "capturefs", facility
+/// daemon, with the level as the priority.
+void to_syslog();
 
 template <class... A>
 void debug(fmt::format_string<A...> f, A&&... a) {

@@ -59,6 +59,7 @@
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "core/budget.hpp"
@@ -232,6 +233,12 @@ class Stream : public std::enable_shared_from_this<Stream> {
   /// EOF (an empty span, never a wait). The span is valid until the calling
   /// thread's next read.
   Result<std::span<const std::byte>> read_back(std::uint64_t pos, std::size_t size);
+  /// \brief The stream offsets of the first byte still kept (not
+  /// consumed: where a peek starts) and of the end (bytes written).
+  std::pair<std::uint64_t, std::uint64_t> kept() const {
+    std::lock_guard lk(mu_);
+    return {base_, end()};
+  }
 
   /// \brief Phase two of parking: completers may now finish the op.
   void arm(WaitKey key, Effects& fx);

@@ -197,6 +197,19 @@ class Volume {
   std::vector<Leftover> cut_undelivered(const std::string& reason);
   /// \brief Every live stream that has a name, oldest first.
   std::vector<StreamStats> snapshot();
+  /// \brief The first bytes of a stream, not consumed (`capturefs peek`).
+  struct Peek {
+    std::uint64_t id = 0;
+    std::uint64_t offset = 0;   ///< stream offset of bytes[0]: the first byte kept
+    std::uint64_t written = 0;  ///< bytes written so far
+    std::vector<std::byte> bytes;
+  };
+  /// \brief Up to `size` bytes of the live stream at `path` (relative to
+  /// the mount, no leading '/'), from its first byte not yet consumed,
+  /// without consuming them (Stream::read_back). ENOENT if no live stream
+  /// has that path (a directory, a delivered name); EIO if its spill file
+  /// cannot be read. volume_peek.cpp.
+  Result<Peek> peek(std::string_view path, std::size_t size);
 
   /// \brief Called when the volume removes a name on its own (a delivered
   /// stream's name going), not for unlink, rmdir or rename: the kernel may

@@ -458,15 +458,15 @@ void op_fsyncdir(fuse_req_t req, fuse_ino_t /*ino*/, int /*datasync*/, fuse_file
 
 // ---- Refused on purpose -----------------------------------------------------------
 // Extended attributes are uniformly unsupported: answering one way for set
-// and another for remove makes `cp -a` fail half-way.
+// and another for remove makes `cp -a` fail half-way. The one exception is
+// read-only: the root's own attributes (the daemon's socket path,
+// `user.capturefs.socket`, for `capturefs status DIR`) can be read and
+// listed. Everything else, on the root too, is ENOTSUP.
 void op_setxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t, int) {
   fuse_reply_err(req, ENOTSUP);
 }
-// One exception, on the root only: `user.capturefs.pid` names the daemon,
-// so that `capturefs umount` can wait for it to finish its deliveries.
-constexpr std::string_view kPidXattr = "user.capturefs.pid";
-
-void reply_xattr(fuse_req_t req, std::string_view value, size_t size) {
+// getxattr/listxattr protocol: size 0 asks for the length; a buffer too small is ERANGE.
+void reply_xattr(fuse_req_t req, const std::string& value, size_t size) {
   if (size == 0) {
     fuse_reply_xattr(req, value.size());
   } else if (size < value.size()) {
@@ -475,14 +475,31 @@ void reply_xattr(fuse_req_t req, std::string_view value, size_t size) {
     fuse_reply_buf(req, value.data(), value.size());
   }
 }
+// Besides those, the root's `user.capturefs.pid` names the daemon (asked
+// at each call: a daemon forks into the background after mounting), so
+// that `capturefs umount` can wait for it to finish its deliveries.
+constexpr std::string_view kPidXattr = "user.capturefs.pid";
 
 void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
-  if (ino != FUSE_ROOT_ID || name != kPidXattr) return (void)fuse_reply_err(req, ENOTSUP);
-  reply_xattr(req, std::to_string(::getpid()), size);
+  if (ino == FUSE_ROOT_ID && name == kPidXattr) return reply_xattr(req, std::to_string(::getpid()), size);
+  if (ino == FUSE_ROOT_ID) {
+    for (const auto& [n, v] : self(req).root_xattrs())
+      if (n == name) {
+        reply_xattr(req, v, size);
+        return;
+      }
+  }
+  fuse_reply_err(req, ENOTSUP);
 }
 void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
-  if (ino != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOTSUP);
-  reply_xattr(req, std::string(kPidXattr) + '\0', size);
+  if (ino != FUSE_ROOT_ID) {
+    fuse_reply_err(req, ENOTSUP);
+    return;
+  }
+  std::string names(kPidXattr);
+  names.push_back('\0');
+  for (const auto& [n, v] : self(req).root_xattrs()) names.append(n).push_back('\0');
+  reply_xattr(req, names, size);
 }
 void op_removexattr(fuse_req_t req, fuse_ino_t, const char*) { fuse_reply_err(req, ENOTSUP); }
 void op_link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { fuse_reply_err(req, EPERM); }
@@ -501,7 +518,8 @@ Adapter::~Adapter() {
   }
 }
 
-Adapter::Adapter(core::Volume& v) : vol_(v) {}
+Adapter::Adapter(core::Volume& v, std::vector<std::pair<std::string, std::string>> root_xattrs)
+    : vol_(v), root_xattrs_(std::move(root_xattrs)) {}
 
 Adapter::DirHandle* Adapter::adopt_dir(std::unique_ptr<DirHandle> d) {
   std::lock_guard lk(handles_mu_);

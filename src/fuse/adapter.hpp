@@ -10,8 +10,11 @@
 
 #include <memory>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
+#include <vector>
 
 #include "core/volume.hpp"
 
@@ -19,7 +22,7 @@ namespace capturefs::fuse {
 
 class Adapter {
  public:
-  explicit Adapter(core::Volume& v);
+  explicit Adapter(core::Volume& v, std::vector<std::pair<std::string, std::string>> root_xattrs = {});
   /// Releases the handles the kernel never released (unmount while files
   /// were open), so their streams are freed.
   ~Adapter();
@@ -30,6 +33,8 @@ class Adapter {
   static const fuse_lowlevel_ops& ops();
 
   core::Volume& volume() { return vol_; }
+  /// \brief The root's extended attributes (SessionOptions::root_xattrs).
+  const std::vector<std::pair<std::string, std::string>>& root_xattrs() const { return root_xattrs_; }
 
   /// \brief Takes ownership of an open handle; the pointer goes in fi->fh.
   core::Handle* adopt(std::unique_ptr<core::Handle> h);
@@ -44,6 +49,7 @@ class Adapter {
 
  private:
   core::Volume& vol_;
+  const std::vector<std::pair<std::string, std::string>> root_xattrs_;
   // Leaf lock: held only to insert or erase, never across a Volume call.
   std::mutex handles_mu_;
   std::unordered_set<core::Handle*> handles_;

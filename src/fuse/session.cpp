@@ -96,7 +96,8 @@ struct Session::Impl {
   std::thread waker;  // see stop()
   std::shared_ptr<Notifier> notifier;  // while serving (the volume's hook shares it)
 
-  explicit Impl(core::Volume& v) : vol(v), adapter(v) {}
+  Impl(core::Volume& v, std::vector<std::pair<std::string, std::string>> xattrs)
+      : vol(v), adapter(v, std::move(xattrs)) {}
   ~Impl() {
     if (se == nullptr) return;
     if (notifier) {  // before the channel closes; a hook call still under way finds it stopped
@@ -131,7 +132,7 @@ Session::~Session() = default;
 
 std::unique_ptr<Session> Session::mount(core::Volume& vol, const SessionOptions& opt,
                                         std::string* error) {
-  auto impl = std::make_unique<Impl>(vol);
+  auto impl = std::make_unique<Impl>(vol, opt.root_xattrs);
   impl->mountpoint = opt.mountpoint;
   impl->max_threads = opt.max_threads;
 

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/volume.hpp"
@@ -20,6 +21,10 @@ struct SessionOptions {
   /// Install SIGINT/SIGTERM/SIGHUP handlers that end serve() (the CLI); an
   /// embedding program keeps its own handlers and calls stop().
   bool handle_signals = true;
+  /// Extended attributes of the mount root, name and value (the socket
+  /// path, "user.capturefs.socket"): getxattr and listxattr of the root
+  /// answer them; every other xattr call stays ENOTSUP.
+  std::vector<std::pair<std::string, std::string>> root_xattrs;
 };
 
 class Session {

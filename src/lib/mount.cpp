@@ -20,8 +20,8 @@
 #include "core/trim.hpp"
 #include "core/volume.hpp"
 #include "fuse/session.hpp"
-#include "lib/internal.hpp"
 #include "lib/preflight.hpp"
+#include "server/server.hpp"
 
 namespace capturefs {
 
@@ -84,8 +84,21 @@ class CallbackSink : public core::Sink {
   std::weak_ptr<core::Subscription> sub_;
 };
 
-[[noreturn]] void fail(int err, const std::string& what) {
-  throw std::system_error(err, std::generic_category(), what);
+// std::system_error whose what() is exactly the message given: the
+// standard one appends the errno text, which is wrong or doubled for
+// messages that already say why ("mountpoint /x does not exist").
+class Failure : public std::system_error {
+ public:
+  Failure(int err, std::string what) : std::system_error(err, std::generic_category()), what_(std::move(what)) {}
+  const char* what() const noexcept override { return what_.c_str(); }
+
+ private:
+  std::string what_;
+};
+
+/// Throws `what` as it is (`errno_text`: followed by ": " and err's text).
+[[noreturn]] void fail(int err, const std::string& what, bool errno_text = false) {
+  throw Failure(err, errno_text ? what + ": " + std::strerror(err) : what);
 }
 
 // The spill store for `opt`, or null when not spilling. An explicit
@@ -93,7 +106,7 @@ class CallbackSink : public core::Sink {
 // only turns spilling off, with a warning.
 std::shared_ptr<core::SpillStore> make_spill(const Options& opt, std::string* dir_out) {
   if (!opt.spill) return nullptr;
-  if (opt.spill_limit < (2ULL << 20)) fail(EINVAL, "capturefs: spill_limit must be at least 2 MiB");
+  if (opt.spill_limit < (2ULL << 20)) fail(EINVAL, "spill_limit must be at least 2 MiB");
   const bool given = !opt.spill_dir.empty();
   std::string dir = opt.spill_dir;
   if (!given) {
@@ -111,7 +124,7 @@ std::shared_ptr<core::SpillStore> make_spill(const Options& opt, std::string* di
     error = dir;
   }
   if (err != 0) {
-    if (given) fail(err, "capturefs: spill directory " + error);  // what(): ...: <errno text>
+    if (given) fail(err, "spill directory " + error, /*errno_text=*/true);
     log::warn("spill directory {}: {}; not spilling: writers of streams nobody reads wait for a "
               "reader once the memory caps are reached (choose a directory with --spill-dir, or "
               "--no-spill to silence this)",
@@ -200,11 +213,23 @@ struct Mount::Impl {
   std::unique_ptr<core::Volume> vol;
   std::unique_ptr<fuse::Session> session;
   std::unique_ptr<Housekeeper> housekeeper;  // started with serving (after a daemonize's fork)
+  // Socket delivery: the listener is opened before mounting, the server
+  // started with serving (threads do not survive a daemonize's fork).
+  std::unique_ptr<server::Listener> listener;
+  std::unique_ptr<server::Server> sockets;
+  std::string socket_path;
+  std::mutex commands_mu;  // guards `commands`; leaf, never held across a call of it
+  std::shared_ptr<const std::function<std::vector<CommandStatus>()>> commands;
   std::thread server;
   std::mutex mu;  // guards `unmounted`; leaf
   bool unmounted = false;
 
-  void stop() {
+  void start_sockets();
+  // Unmounts: parked requests are answered, a stream still open for
+  // writing ends aborted ("unmounted while a writer had it open", never as
+  // complete), and nothing new can be opened. The volume, its consumers and
+  // the socket server stay, so that finish() can deliver what they hold.
+  void unmount_only() {
     {
       std::lock_guard lk(mu);
       if (unmounted) return;
@@ -215,16 +240,73 @@ struct Mount::Impl {
       server.join();
     }
     housekeeper.reset();
-    session.reset();  // answers parked requests, unmounts
+    session.reset();
+  }
+  // Unmounts, then ends socket delivery: socket consumers get CLOSED
+  // "shutdown" for what they still hold, the socket path is removed.
+  void stop() {
+    unmount_only();
+    if (sockets) sockets->stop();
+    sockets.reset();
+    listener.reset();
   }
 };
+
+namespace {
+
+proto::CommandStatus wire_of(const CommandStatus& c) {
+  auto ns = [](const timespec& t) {
+    return static_cast<std::int64_t>(t.tv_sec) * 1000000000 + static_cast<std::int64_t>(t.tv_nsec);
+  };
+  proto::CommandStatus w;
+  w.id = c.stream_id;
+  w.pid = c.pid > 0 ? static_cast<std::uint32_t>(c.pid) : 0;
+  w.state = static_cast<proto::CommandState>(c.state);
+  if (c.state == CommandStatus::State::exited || c.state == CommandStatus::State::killed)
+    w.code = static_cast<std::uint8_t>(c.code);
+  w.input = static_cast<proto::CommandInput>(c.input);
+  w.bytes = c.bytes;
+  w.started_ns = ns(c.started);
+  w.ended_ns = c.state == CommandStatus::State::running ? 0 : ns(c.ended);
+  w.path = c.path;
+  w.note = c.note;
+  return w;
+}
+
+}  // namespace
+
+void Mount::Impl::start_sockets() {
+  if (!listener || sockets) return;
+  server::ServerOptions so;
+  bool listed = false;
+  {
+    std::lock_guard lk(commands_mu);
+    listed = commands != nullptr;
+  }
+  // Without a commands callback the server sends no COMMANDS frame, which
+  // tells clients "this daemon runs no commands".
+  if (listed) so.commands = [this]() -> std::vector<proto::CommandStatus> {
+    std::shared_ptr<const std::function<std::vector<CommandStatus>()>> fn;
+    {
+      std::lock_guard lk(commands_mu);
+      fn = commands;
+    }
+    std::vector<proto::CommandStatus> out;
+    if (!fn || !*fn) return out;
+    for (const auto& c : (*fn)()) out.push_back(wire_of(c));
+    return out;
+  };
+  sockets = std::make_unique<server::Server>(*vol, std::move(listener), so);
+  sockets->start();
+  log::info("socket: serving {}", socket_path);
+}
 
 Mount::Mount(const Options& opt, bool serve_now) : impl_(std::make_unique<Impl>()) {
   std::string error;
   auto abs = detail::check_mountpoint(opt.mountpoint, &error);
   if (!abs) fail(EINVAL, error);
   if (opt.max_stream < (2ULL << 20) || opt.max_memory < (2ULL << 20))
-    fail(EINVAL, "capturefs: max_memory and max_stream must be at least 2 MiB");
+    fail(EINVAL, "max_memory and max_stream must be at least 2 MiB");
   core::Limits limits;
   limits.max_memory = opt.max_memory;
   limits.max_stream = std::min(opt.max_stream, opt.max_memory);
@@ -236,7 +318,14 @@ Mount::Mount(const Options& opt, bool serve_now) : impl_(std::make_unique<Impl>(
   policy.stall_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(opt.stall_time).count();
   impl_->stall_time = opt.stall_time;
   impl_->vol = std::make_unique<core::Volume>(limits, std::move(policy));
+  // The socket before the mount: a path in use fails before anything is mounted.
+  if (!opt.socket.empty()) {
+    impl_->listener = server::Listener::open(opt.socket, &error);
+    if (!impl_->listener) fail(EADDRINUSE, "socket " + error, /*errno_text=*/false);
+    impl_->socket_path = impl_->listener->path();
+  }
   fuse::SessionOptions so;
+  if (!impl_->socket_path.empty()) so.root_xattrs.emplace_back("user.capturefs.socket", impl_->socket_path);
   so.mountpoint = *abs;
   so.debug = opt.debug;
   so.options = opt.fuse_options;
@@ -245,6 +334,7 @@ Mount::Mount(const Options& opt, bool serve_now) : impl_(std::make_unique<Impl>(
   impl_->session = fuse::Session::mount(*impl_->vol, so, &error);
   if (!impl_->session) fail(EIO, error);
   if (serve_now) {
+    impl_->start_sockets();
     impl_->housekeeper = std::make_unique<Housekeeper>(*impl_->vol, opt.stall_time);
     impl_->server = std::thread([s = impl_->session.get()] { s->serve(); });
   }
@@ -274,10 +364,16 @@ std::size_t Mount::memory_peak() const { return impl_->vol->memory_peak(); }
 std::size_t Mount::spill_used() const { return impl_->vol->spill_used(); }
 std::size_t Mount::spill_peak() const { return impl_->vol->spill_peak(); }
 const std::string& Mount::spill_dir() const { return impl_->spill_dir; }
+const std::string& Mount::socket() const { return impl_->socket_path; }
+void Mount::set_status_commands(std::function<std::vector<CommandStatus>()> fn) {
+  auto p = std::make_shared<const std::function<std::vector<CommandStatus>()>>(std::move(fn));
+  std::lock_guard lk(impl_->commands_mu);
+  impl_->commands = std::move(p);
+}
 void Mount::unmount() { impl_->stop(); }
 
 FinishReport Mount::finish(const std::function<bool(std::size_t, std::uint64_t)>& keep_going) {
-  impl_->stop();
+  impl_->unmount_only();
   FinishReport report;
   auto convert = [](const std::vector<core::Volume::Leftover>& from, std::vector<Leftover>* to) {
     for (const auto& l : from) to->push_back(Leftover{l.path, l.bytes});
@@ -296,15 +392,15 @@ FinishReport Mount::finish(const std::function<bool(std::size_t, std::uint64_t)>
     // The deliveries run on the consumers' threads; this only watches them.
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
+  impl_->stop();  // socket delivery ends: nothing is left to deliver
   return report;
 }
 void Mount::daemonize() { impl_->session->daemonize(); }
 int Mount::serve() {
+  impl_->start_sockets();
   if (!impl_->housekeeper)
     impl_->housekeeper = std::make_unique<Housekeeper>(*impl_->vol, impl_->stall_time);
   return impl_->session->serve();
 }
-
-core::Volume& detail::MountAccess::volume(Mount& m) { return *m.impl_->vol; }
 
 }  // namespace capturefs

@@ -57,6 +57,9 @@ constexpr std::size_t kErrorFixed = 2 + 2;                   // + message
 constexpr std::size_t kDataFixed = 8 + 8;                    // + payload
 constexpr std::size_t kRecordFixed = 8 + 4 + 4 + 8 + 8 + 8 + 8 + 1 + 2;  // + path
 constexpr std::size_t kCommandFixed = 8 + 4 + 1 + 1 + 1 + 8 + 8 + 8 + 2 + 2;  // + path + note
+constexpr std::size_t kRecordV3 = 8 + 1;                     // version 3 records: + spilled, wait
+constexpr std::size_t kPeekFixed = 4 + 2;                    // + path
+constexpr std::size_t kPeekedFixed = 8 + 8 + 8;              // + payload
 
 struct TypeInfo {
   Type type;
@@ -82,6 +85,8 @@ constexpr TypeInfo kTypes[] = {
     {Type::status, "STATUS", Peer::server, kStatusMore, 2, kMaxBody, 1, 0},
     {Type::error, "ERROR", Peer::server, 0, kErrorFixed, kErrorFixed + kMaxText, 1, 0},
     {Type::commands, "COMMANDS", Peer::server, 0, 2, kMaxBody, 2, 0},
+    {Type::peek, "PEEK", Peer::client, 0, kPeekFixed, kPeekFixed + kMaxPath, 3, 0},
+    {Type::peeked, "PEEKED", Peer::server, 0, kPeekedFixed, kPeekedFixed + kMaxPeek, 3, 0},
 };
 static_assert(kDataFixed + kMaxChunk == kMaxBody);
 static_assert(2 + kMaxPatterns * (2 + kMaxPath) <= kMaxBody);
@@ -245,7 +250,11 @@ std::optional<Error> end_frame(Out& o, std::size_t at, Type t) {
   return std::nullopt;
 }
 
-void put_record(Out& o, const StreamStatus& r) {
+std::size_t record_size(const StreamStatus& r, std::uint16_t version) {
+  return kRecordFixed + (version >= 3 ? kRecordV3 : 0) + r.path.size();
+}
+
+void put_record(Out& o, const StreamStatus& r, std::uint16_t version) {
   put64(o, r.id);
   put32(o, r.pid);
   put32(o, r.uid);
@@ -254,6 +263,10 @@ void put_record(Out& o, const StreamStatus& r) {
   put64(o, r.delivered);
   put64(o, r.rate);
   put8(o, static_cast<std::uint8_t>(r.state));
+  if (version >= 3) {
+    put64(o, r.spilled);
+    put8(o, static_cast<std::uint8_t>(r.wait));
+  }
   put_str16(o, r.path);
 }
 
@@ -262,6 +275,9 @@ std::optional<Error> check_record(std::size_t index, const StreamStatus& r) {
   if (!valid_state(r.state))
     return make_error(ErrorCode::bad_value,
                       ctx + format(": state: unknown value %u", static_cast<unsigned>(r.state)));
+  if (r.wait > WaitReason::spill_limit)
+    return make_error(ErrorCode::bad_value,
+                      ctx + format(": wait: unknown value %u", static_cast<unsigned>(r.wait)));
   return check_path(ctx + ": path", r.path);
 }
 
@@ -287,8 +303,22 @@ std::optional<Error> check_command(std::size_t index, const CommandStatus& c) {
   return check_text(ctx + ": note", c.note);
 }
 
+std::optional<Error> check_peek(const Peek& p) {
+  if (p.size == 0) return make_error(ErrorCode::bad_value, "PEEK: size: 0 is not valid");
+  if (p.size > kMaxPeek)
+    return make_error(ErrorCode::limit, format("PEEK: size: %u bytes, over the limit of %zu", unsigned{p.size}, kMaxPeek));
+  return std::nullopt;
+}
+
+std::optional<Error> check_peeked(std::uint64_t id, std::uint64_t offset, std::uint64_t written, std::size_t n) {
+  if (id == 0 && (offset != 0 || written != 0 || n != 0))
+    return make_error(ErrorCode::bad_value, "PEEKED: id 0 (no such stream) with an offset, a size or bytes");
+  return std::nullopt;
+}
+
 struct Encoder {
   Out& o;
+  std::uint16_t version;
 
   std::optional<Error> operator()(const Hello& h) const {
     if (h.version == 0) return make_error(ErrorCode::bad_version, "HELLO: version 0 is not valid");
@@ -364,7 +394,7 @@ struct Encoder {
       if (auto e = check_record(i, s.streams[i])) return e;
     const std::size_t at = begin_frame(o, Type::status, s.more ? kStatusMore : 0);
     put16(o, static_cast<std::uint16_t>(s.streams.size()));
-    for (const auto& r : s.streams) put_record(o, r);
+    for (const auto& r : s.streams) put_record(o, r, version);
     return end_frame(o, at, Type::status);
   }
   std::optional<Error> operator()(const CommandsReply& c) const {
@@ -377,6 +407,23 @@ struct Encoder {
     put16(o, static_cast<std::uint16_t>(c.commands.size()));
     for (const auto& r : c.commands) put_command(o, r);
     return end_frame(o, at, Type::commands);
+  }
+  std::optional<Error> operator()(const Peek& p) const {
+    if (auto e = check_peek(p)) return e;
+    if (auto e = check_path("PEEK: path", p.path)) return e;
+    const std::size_t at = begin_frame(o, Type::peek, 0);
+    put32(o, p.size);
+    put_str16(o, p.path);
+    return end_frame(o, at, Type::peek);
+  }
+  std::optional<Error> operator()(const Peeked& p) const {
+    if (auto e = check_peeked(p.id, p.offset, p.written, p.bytes.size())) return e;
+    const std::size_t at = begin_frame(o, Type::peeked, 0);
+    put64(o, p.id);
+    put64(o, p.offset);
+    put64(o, p.written);
+    o.insert(o.end(), p.bytes.begin(), p.bytes.end());
+    return end_frame(o, at, Type::peeked);
   }
   std::optional<Error> operator()(const Error& e) const {
     if (e.code == ErrorCode{0}) return make_error(ErrorCode::bad_value, "ERROR: code 0 is not valid");
@@ -476,7 +523,7 @@ class Reader {
 
 /// Parses a body whose type, flags and size range are already checked.
 std::variant<Frame, Error> parse_body(const TypeInfo& ti, std::uint8_t flags,
-                                      std::span<const std::byte> body) {
+                                      std::span<const std::byte> body, std::uint16_t version) {
   Reader r(body, ti.name);
   Frame f;
   switch (ti.type) {
@@ -562,6 +609,12 @@ std::variant<Frame, Error> parse_body(const TypeInfo& ti, std::uint8_t flags,
         const std::uint8_t st = r.u8("state");
         if (st > 3) r.bad(ErrorCode::bad_value, format("state: unknown value %u", unsigned{st}));
         rec.state = static_cast<StreamState>(st);
+        if (version >= 3) {
+          rec.spilled = r.u64("spilled");
+          const std::uint8_t w = r.u8("wait");
+          if (w > 3) r.bad(ErrorCode::bad_value, format("wait: unknown value %u", unsigned{w}));
+          rec.wait = static_cast<WaitReason>(w);
+        }
         rec.path = r.path("path");
         s.streams.push_back(std::move(rec));
       }
@@ -595,6 +648,24 @@ std::variant<Frame, Error> parse_body(const TypeInfo& ti, std::uint8_t flags,
       }
       r.set_context("COMMANDS");
       f = std::move(c);
+      break;
+    }
+    case Type::peek: {
+      Peek p;
+      p.size = r.u32("size");
+      if (!r.error) r.error = check_peek(p);
+      p.path = r.path("path");
+      f = std::move(p);
+      break;
+    }
+    case Type::peeked: {
+      Peeked p;
+      p.id = r.u64("id");
+      p.offset = r.u64("offset");
+      p.written = r.u64("written");
+      p.bytes = r.rest();
+      if (!r.error) r.error = check_peeked(p.id, p.offset, p.written, p.bytes.size());
+      f = std::move(p);
       break;
     }
     case Type::error: {
@@ -650,15 +721,17 @@ std::string_view frame_name(const Frame& frame) {
     std::string_view operator()(const StatusReply&) const { return info_of(Type::status).name; }
     std::string_view operator()(const Error&) const { return info_of(Type::error).name; }
     std::string_view operator()(const CommandsReply&) const { return info_of(Type::commands).name; }
+    std::string_view operator()(const Peek&) const { return info_of(Type::peek).name; }
+    std::string_view operator()(const Peeked&) const { return info_of(Type::peeked).name; }
   };
   return std::visit(Name{}, frame);
 }
 
 // ---------------------------------------------------------------- encoding
 
-std::optional<Error> encode(const Frame& frame, std::vector<std::byte>& out) {
+std::optional<Error> encode(const Frame& frame, std::vector<std::byte>& out, std::uint16_t version) {
   const std::size_t before = out.size();
-  auto e = std::visit(Encoder{out}, frame);
+  auto e = std::visit(Encoder{out, version}, frame);
   if (e) out.resize(before);
   return e;
 }
@@ -676,7 +749,8 @@ std::optional<Error> encode_data_header(std::uint64_t id, std::uint64_t offset, 
   return std::nullopt;
 }
 
-std::optional<Error> encode_status(std::span<const StreamStatus> streams, std::vector<std::byte>& out) {
+std::optional<Error> encode_status(std::span<const StreamStatus> streams, std::vector<std::byte>& out,
+                                   std::uint16_t version) {
   for (std::size_t i = 0; i < streams.size(); ++i)
     if (auto e = check_record(i, streams[i])) return e;
   const std::size_t before = out.size();
@@ -684,13 +758,13 @@ std::optional<Error> encode_status(std::span<const StreamStatus> streams, std::v
   do {
     // Take as many records as fit one frame.
     std::size_t body = 2, j = i;
-    while (j < streams.size() && j - i < 0xFFFF && body + kRecordFixed + streams[j].path.size() <= kMaxBody)
-      body += kRecordFixed + streams[j++].path.size();
+    while (j < streams.size() && j - i < 0xFFFF && body + record_size(streams[j], version) <= kMaxBody)
+      body += record_size(streams[j++], version);
     StatusReply part;
     part.more = j < streams.size();
     part.streams.assign(streams.begin() + static_cast<std::ptrdiff_t>(i),
                         streams.begin() + static_cast<std::ptrdiff_t>(j));
-    if (auto e = encode(part, out)) {
+    if (auto e = encode(part, out, version)) {
       out.resize(before);
       return e;
     }
@@ -833,7 +907,7 @@ std::optional<Frame> Decoder::next() {
   } else {
     const TypeInfo* ti = find_type(std::to_integer<std::uint8_t>(p[4]));
     auto parsed = parse_body(*ti, std::to_integer<std::uint8_t>(p[5]),
-                             std::span<const std::byte>(p + kHeaderSize, *size - kHeaderSize));
+                             std::span<const std::byte>(p + kHeaderSize, *size - kHeaderSize), version_);
     if (auto* e = std::get_if<Error>(&parsed)) {
       fail(std::move(*e));
       return std::nullopt;

@@ -12,8 +12,12 @@
 // Versions: the codec speaks protocol versions kMinVersion..kVersion. A
 // Decoder learns the connection's version from the hello it reads and
 // rejects what that version does not define (the COMMANDS frame and the
-// STATUS_REQUEST COMMANDS flag are version 2). The encoder encodes any
-// frame: sending only what the connection's version has is the caller's job.
+// STATUS_REQUEST COMMANDS flag are version 2; PEEK, PEEKED and the STATUS
+// record's `spilled` and `wait` are version 3). The encoder encodes any
+// frame: sending only what the connection's version has is the caller's
+// job. The one frame whose layout depends on the version is STATUS (its
+// records grew in version 3): encode() and encode_status() take the
+// connection's version for it.
 #pragma once
 
 #include <cstddef>
@@ -30,7 +34,7 @@ namespace capturefs::proto {
 // ---------------------------------------------------------------- limits
 
 inline constexpr char kMagic[4] = {'C', 'A', 'P', 'F'};
-inline constexpr std::uint16_t kVersion = 2;     ///< the highest version spoken
+inline constexpr std::uint16_t kVersion = 3;     ///< the highest version spoken
 inline constexpr std::uint16_t kMinVersion = 1;  ///< the lowest version spoken
 inline constexpr std::size_t kHelloSize = 8;    ///< magic, version, flags
 inline constexpr std::size_t kHeaderSize = 6;   ///< length u32, type u8, flags u8
@@ -40,6 +44,7 @@ inline constexpr std::size_t kMaxFrame = kHeaderSize + kMaxBody;
 inline constexpr std::size_t kMaxPath = 4096;    ///< PATH_MAX; paths and patterns
 inline constexpr std::size_t kMaxPatterns = 64;  ///< per SUBSCRIBE
 inline constexpr std::size_t kMaxText = 1024;    ///< ERROR message, CLOSED reason, COMMANDS note
+inline constexpr std::size_t kMaxPeek = 65536;   ///< PEEK size, PEEKED payload (version 3)
 
 // ---------------------------------------------------------------- frames
 
@@ -52,6 +57,7 @@ enum class Type : std::uint8_t {
   subscribe = 0x01,
   ack = 0x02,
   status_request = 0x03,
+  peek = 0x04,  ///< version 3
   subscribed = 0x81,
   opened = 0x82,
   data = 0x83,
@@ -60,6 +66,7 @@ enum class Type : std::uint8_t {
   status = 0x86,
   error = 0x87,
   commands = 0x88,  ///< version 2
+  peeked = 0x89,    ///< version 3
 };
 
 /// \brief The first 8 bytes each side sends. A client states the highest
@@ -94,6 +101,14 @@ struct StatusRequest {
   /// daemon runs (`--exec`), in COMMANDS frames before the STATUS parts.
   bool commands = false;
   friend bool operator==(const StatusRequest&, const StatusRequest&) = default;
+};
+
+/// \brief Client, version 3: the first bytes of the stream at `path`,
+/// without consuming them (`capturefs peek`).
+struct Peek {
+  std::uint32_t size = 0;  ///< 1..kMaxPeek: at most this many bytes
+  std::string path;        ///< the stream's exact path (no glob)
+  friend bool operator==(const Peek&, const Peek&) = default;
 };
 
 /// \brief Server: the SUBSCRIBE was accepted.
@@ -139,11 +154,29 @@ struct Closed {
   friend bool operator==(const Closed&, const Closed&) = default;
 };
 
+/// \brief Server, version 3: the answer to a PEEK. `id` 0: no live stream
+/// has that path (then every other field is 0 and `bytes` is empty).
+struct Peeked {
+  std::uint64_t id = 0;
+  std::uint64_t offset = 0;   ///< stream offset of bytes[0]: the first byte not yet consumed
+  std::uint64_t written = 0;  ///< bytes written to the stream so far
+  std::vector<std::byte> bytes;  ///< at most the size asked (and kMaxPeek)
+  friend bool operator==(const Peeked&, const Peeked&) = default;
+};
+
 enum class StreamState : std::uint8_t {
   writing = 0,    ///< a writer is open, no consumer
   streaming = 1,  ///< a writer is open, a consumer takes the bytes
   held = 2,       ///< writers done, bytes wait for a consumer
   draining = 3,   ///< writers done, a consumer takes the rest
+};
+
+/// \brief On what a stream's writer waits (STATUS record, version 3).
+enum class WaitReason : std::uint8_t {
+  none = 0,         ///< no writer waits
+  consumer = 1,     ///< for its consumer to take bytes
+  memory = 2,       ///< for memory (the memory caps are reached, no spilling)
+  spill_limit = 3,  ///< for spill space (the spill limit or the disk is full)
 };
 
 /// \brief One record of a STATUS reply.
@@ -157,6 +190,10 @@ struct StreamStatus {
   std::uint64_t rate = 0;       ///< bytes/s written recently
   StreamState state = StreamState::writing;
   std::string path;
+  // Version 3 (on the wire between `state` and `path`; last here so that
+  // older aggregate initializers stay valid).
+  std::uint64_t spilled = 0;  ///< of the bytes not yet consumed, those in the spill file
+  WaitReason wait = WaitReason::none;  ///< on what its writer waits
   friend bool operator==(const StreamStatus&, const StreamStatus&) = default;
 };
 
@@ -239,7 +276,7 @@ struct Error {
 };
 
 using Frame = std::variant<Hello, Subscribe, Ack, StatusRequest, Subscribed, Opened, Data, Renamed,
-                           Closed, StatusReply, Error, CommandsReply>;
+                           Closed, StatusReply, Error, CommandsReply, Peek, Peeked>;
 
 /// \brief Length of the strict UTF-8 sequence (RFC 3629: no overlong
 /// forms, no surrogates, at most U+10FFFF) starting at s[i], or 0 if none
@@ -256,8 +293,11 @@ std::string_view frame_name(const Frame& frame);
 /// \brief Appends the wire form of `frame` to `out`. A frame the decoder
 /// would reject (empty path, too many patterns, oversized chunk, bad UTF-8
 /// text, ...) is not encoded: `out` is left as it was and the error, with
-/// the code the decoder would give, is returned.
-[[nodiscard]] std::optional<Error> encode(const Frame& frame, std::vector<std::byte>& out);
+/// the code the decoder would give, is returned. `version`: the
+/// connection's, for the STATUS record layout (version 1 and 2 records have
+/// no `spilled` and `wait`: those fields are not sent).
+[[nodiscard]] std::optional<Error> encode(const Frame& frame, std::vector<std::byte>& out,
+                                          std::uint16_t version = kVersion);
 
 /// \brief Appends only the header and fixed fields of a DATA frame whose
 /// `size` payload bytes the caller sends next (writev without a copy).
@@ -266,9 +306,11 @@ std::string_view frame_name(const Frame& frame);
                                                       std::vector<std::byte>& out);
 
 /// \brief Appends a complete STATUS reply: as many STATUS frames as the
-/// records need (at least one), `more` set on all but the last.
+/// records need (at least one), `more` set on all but the last, in the
+/// record layout of protocol `version`.
 [[nodiscard]] std::optional<Error> encode_status(std::span<const StreamStatus> streams,
-                                                 std::vector<std::byte>& out);
+                                                 std::vector<std::byte>& out,
+                                                 std::uint16_t version = kVersion);
 
 /// \brief Appends the COMMANDS frames of a reply (version 2): as many as the
 /// records need, at least one. Nothing is appended on an error.

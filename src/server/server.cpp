@@ -378,6 +378,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   std::optional<proto::Error> on_subscribe(const proto::Subscribe& s);
   std::optional<proto::Error> on_ack(const proto::Ack& a);
   std::optional<proto::Error> on_status(const proto::StatusRequest& r);
+  std::optional<proto::Error> on_peek(const proto::Peek& p);
   void observe_run(core::PathFilter filter, std::vector<core::StreamStats> snap);
   void close_subscription();
   void teardown(const std::optional<proto::Error>& err, bool shutdown);
@@ -827,6 +828,7 @@ std::optional<proto::Error> Conn::handle(proto::Frame& f, bool* hello_done) {
   if (auto* s = std::get_if<proto::Subscribe>(&f)) return on_subscribe(*s);
   if (auto* a = std::get_if<proto::Ack>(&f)) return on_ack(*a);
   if (auto* r = std::get_if<proto::StatusRequest>(&f)) return on_status(*r);
+  if (auto* p = std::get_if<proto::Peek>(&f)) return on_peek(*p);
   // The decoder only returns client frames from a client.
   return make_error(ErrorCode::bad_type, std::string("unexpected ") + std::string(proto::frame_name(f)));
 }
@@ -926,6 +928,8 @@ std::optional<proto::Error> Conn::on_status(const proto::StatusRequest& req) {
     r.delivered = st.delivered;  // handed to the consumer (sent, or read through the mount)
     r.rate = st.rate;
     r.state = state_of(st);
+    r.spilled = st.spilled;  // version 3 (encode_status leaves it out before)
+    r.wait = static_cast<proto::WaitReason>(st.wait);
     r.path = st.info.path;
     recs.push_back(std::move(r));
   }
@@ -946,8 +950,25 @@ std::optional<proto::Error> Conn::on_status(const proto::StatusRequest& req) {
     }
     if (auto e = proto::encode_commands(cmds, b)) return make_error(ErrorCode::internal, "COMMANDS: " + e->message);
   }
-  if (auto e = proto::encode_status(recs, b)) return make_error(ErrorCode::internal, "STATUS: " + e->message);
+  if (auto e = proto::encode_status(recs, b, version_)) return make_error(ErrorCode::internal, "STATUS: " + e->message);
   send(b);
+  return std::nullopt;
+}
+
+std::optional<proto::Error> Conn::on_peek(const proto::Peek& p) {
+  // Version 3 (the decoder refuses PEEK before). Consumes nothing: the
+  // bytes are read back like a writer reads its own.
+  proto::Peeked out;
+  auto r = srv_.vol.peek(p.path, p.size);
+  if (r) {
+    out.id = r->id;
+    out.offset = r->offset;
+    out.written = r->written;
+    out.bytes = std::move(r->bytes);
+  } else if (r.error() != ENOENT) {
+    return make_error(ErrorCode::internal, "PEEK '" + printable(p.path) + "': " + std::strerror(r.error()));
+  }
+  send(encode_frame(out));
   return std::nullopt;
 }
 

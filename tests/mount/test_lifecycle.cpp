@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -398,7 +399,9 @@ std::set<std::string> find_new(const std::vector<std::string>& dirs, const std::
   return found;
 }
 
-std::set<std::string> unix_socket_inodes_with_path() {
+// `allowed`: paths of sockets the daemon may listen on (its own socket in
+// the runtime directory, which clients find through the mount root).
+std::set<std::string> unix_socket_inodes_with_path(const std::set<std::string>& allowed) {
   std::set<std::string> inodes;
   std::ifstream f("/proc/net/unix");
   std::string line;
@@ -407,17 +410,19 @@ std::set<std::string> unix_socket_inodes_with_path() {
     std::istringstream in(line);
     std::string num, ref, proto, flags, type, st, inode, path;
     in >> num >> ref >> proto >> flags >> type >> st >> inode >> path;
-    if (!path.empty() && path[0] == '/') inodes.insert(inode);
+    if (!path.empty() && path[0] == '/' && !allowed.count(path)) inodes.insert(inode);
   }
   return inodes;
 }
 
-// Problems with what the daemon holds: named FIFOs, path-bound sockets,
-// files under temp dirs, unlinked (temp) files.
-std::vector<std::string> daemon_fd_problems(pid_t pid, const std::set<std::string>& own_files) {
+// Problems with what the daemon holds: named FIFOs, path-bound sockets
+// (but its own socket, `own_socket`), files under temp dirs, unlinked
+// (temp) files.
+std::vector<std::string> daemon_fd_problems(pid_t pid, const std::set<std::string>& own_files,
+                                            const std::string& own_socket = {}) {
   std::vector<std::string> problems;
   const std::string proc = "/proc/" + std::to_string(pid);
-  auto bound = unix_socket_inodes_with_path();
+  auto bound = unix_socket_inodes_with_path({own_socket});
   const char* tmpdir = std::getenv("TMPDIR");
   std::vector<std::string> temp_roots = {"/tmp/", "/var/tmp/", "/dev/shm/"};
   if (tmpdir && *tmpdir) temp_roots.push_back(std::string(tmpdir) + "/");
@@ -481,6 +486,13 @@ TEST(RealFilesystem, NoFifoSocketOrTempFileIsCreated) {
   {
     Mount m;
     const std::set<std::string> own = {m.scratch("daemon.stderr"), m.scratch("daemon.stdout")};
+    // The one path-bound socket allowed: the daemon's own, outside the temp
+    // dirs ($XDG_RUNTIME_DIR/capturefs or /run/capturefs), named by the root.
+    char sock_buf[4096];
+    const ssize_t sock_len = ::getxattr(m.path().c_str(), "user.capturefs.socket", sock_buf, sizeof sock_buf);
+    ASSERT_GT(sock_len, 0) << errno_string(errno);
+    const std::string own_socket(sock_buf, static_cast<std::size_t>(sock_len));
+    for (const char* tmp : {"/tmp/", "/var/tmp/", "/dev/shm/"}) EXPECT_NE(own_socket.rfind(tmp, 0), 0u) << own_socket;
     // Exercise every path: redirection, a blocked reader, unread bytes.
     ASSERT_TRUE(sh("seq 1 100000 > '" + m.at("a") + "'").ok());
     EXPECT_EQ(cat(m.at("a")).size(), 588895u);
@@ -491,13 +503,13 @@ TEST(RealFilesystem, NoFifoSocketOrTempFileIsCreated) {
     Child reader = Child::spawn(argv);
     ASSERT_TRUE(wait_blocked_in(reader.pid(), Io::Read, m.path()).blocked);
     ASSERT_TRUE(run({"dd", "if=/dev/zero", "of=" + m.at("c"), "bs=64k", "count=32"}).ok());
-    auto p1 = daemon_fd_problems(m.pid(), own);
+    auto p1 = daemon_fd_problems(m.pid(), own, own_socket);
     problems.insert(problems.end(), p1.begin(), p1.end());
     ASSERT_EQ(write_all(w.get(), "x"), "");
     w.reset();
     EXPECT_TRUE(exited_with(reader.wait_or_kill(20s), 0)) << reader.err();
     EXPECT_EQ(cat(m.at("c")).size(), 2u << 20);
-    auto p2 = daemon_fd_problems(m.pid(), own);
+    auto p2 = daemon_fd_problems(m.pid(), own, own_socket);
     problems.insert(problems.end(), p2.begin(), p2.end());
 
     // Unmount now to look at the real directory under the mountpoint.

@@ -151,6 +151,13 @@ TEST_F(NeverHangNoSpill, AWaitLongerThanTheStallTimeIsLoggedAndSoIsItsEnd) {
                          30s))
       << mnt().daemon_stderr();
   EXPECT_FALSE(dd.exited()) << "--no-spill: the writer must keep waiting";
+  // `capturefs status` (the daemon found from the mountpoint) shows it.
+  RunResult st = run({capturefs_binary(), "status", mnt().path(), "--json"}, 30s);
+  ASSERT_TRUE(st.ok()) << st.describe();
+  EXPECT_NE(st.out.find("\"wait\":\"consumer\""), std::string::npos) << st.out;
+  RunResult table = run({capturefs_binary(), "status", mnt().path()}, 30s);
+  ASSERT_TRUE(table.ok()) << table.describe();
+  EXPECT_NE(table.out.find("consumer"), std::string::npos) << table.out;
   idle.kill_and_reap();  // the consumer leaves; a real one drains
   RunResult c = run({"sh", "-c", "cat \"$0\" | wc -c", p}, 60s);
   EXPECT_TRUE(c.ok()) << c.describe();

@@ -2,7 +2,7 @@
 //
 // Each input is a connection's bytes. It is decoded as a client's and as a
 // server's, both as given and after a valid hello of each protocol version
-// (1 and 2), each time fed whole, one byte at a time and in input-derived
+// (1, 2 and 3), each time fed whole, one byte at a time and in input-derived
 // slices. Any crash, sanitizer report
 // or broken invariant is a finding:
 //   - the three feedings give the same frames, the same error, the same
@@ -15,7 +15,7 @@
 //     decode to the same records; likewise the COMMANDS records with
 //     encode_commands();
 //   - a COMMANDS frame, or a STATUS_REQUEST asking for commands, only on a
-//     version 2 connection.
+//     version 2 connection or later; PEEK and PEEKED only on version 3.
 //
 // Built by scripts/fuzz-proto.sh with -fsanitize=fuzzer and
 // -DCAPTUREFS_FUZZER_NO_MAIN. Without that macro (the meson build) this
@@ -96,8 +96,14 @@ void fuzz_one(Peer sender, const Bytes& in) {
   }
 
   check(whole.consumed <= in.size(), "consumed within the input");
+  // The connection's version (the STATUS record layout depends on it).
+  std::uint16_t version = kVersion;
+  if (!whole.frames.empty()) {
+    const std::uint16_t said = std::get<Hello>(whole.frames.front()).version;
+    version = sender == Peer::client ? std::min(said, kVersion) : said;
+  }
   Bytes again;
-  for (const auto& f : whole.frames) check(!encode(f, again), "every decoded frame encodes");
+  for (const auto& f : whole.frames) check(!encode(f, again, version), "every decoded frame encodes");
   check(again.size() == whole.consumed && std::equal(again.begin(), again.end(), in.begin()),
         "frames re-encode to the bytes they came from");
   check(whole.frames.empty() || std::holds_alternative<Hello>(whole.frames.front()), "the hello comes first");
@@ -109,6 +115,7 @@ void fuzz_one(Peer sender, const Bytes& in) {
   std::vector<StreamStatus> records;
   std::vector<CommandStatus> commands;
   bool version2_only = false;  // a frame or flag that version 1 does not have
+  bool version3_only = false;  // a frame that version 2 does not have
   for (const auto& f : whole.frames) {
     check(!frame_name(f).empty(), "every frame has a name");
     if (const auto* s = std::get_if<StatusReply>(&f)) records.insert(records.end(), s->streams.begin(), s->streams.end());
@@ -117,13 +124,16 @@ void fuzz_one(Peer sender, const Bytes& in) {
       version2_only = true;
     }
     if (const auto* r = std::get_if<StatusRequest>(&f); r && r->commands) version2_only = true;
+    if (std::holds_alternative<Peek>(f) || std::holds_alternative<Peeked>(f)) version3_only = true;
   }
+  if (version3_only) check(version >= 3, "version 3 frames only on a version 3 connection");
   if (version2_only) {
     const auto& hello = std::get<Hello>(whole.frames.front());
     check(hello.version >= 2, "version 2 frames only on a version 2 connection");
   }
   Bytes reply;
-  check(!encode(Hello{}, reply) && !encode_status(records, reply), "decoded records encode as a reply");
+  check(!encode(Hello{version, 0}, reply) && !encode_status(records, reply, version),
+        "decoded records encode as a reply");
   Decoder d(Peer::server);
   d.feed(reply);
   std::vector<StreamStatus> back;
@@ -167,14 +177,14 @@ void fuzz_one(Peer sender, const Bytes& in) {
 void fuzz(const std::uint8_t* data, std::size_t size) {
   const auto* p = reinterpret_cast<const std::byte*>(data);
   const Bytes in(p, p + size);
-  Bytes with_v1, with_v2;
-  check(!encode(Hello{1, 0}, with_v1) && !encode(Hello{2, 0}, with_v2), "hello encodes");
-  with_v1.insert(with_v1.end(), in.begin(), in.end());
-  with_v2.insert(with_v2.end(), in.begin(), in.end());
   for (Peer sender : {Peer::client, Peer::server}) {
     fuzz_one(sender, in);
-    fuzz_one(sender, with_v1);
-    fuzz_one(sender, with_v2);
+    for (const std::uint16_t v : {1, 2, 3}) {
+      Bytes with;
+      check(!encode(Hello{v, 0}, with), "hello encodes");
+      with.insert(with.end(), in.begin(), in.end());
+      fuzz_one(sender, with);
+    }
   }
 }
 

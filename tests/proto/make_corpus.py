@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
 
 from capturefs.protocol import (  # noqa: E402
     Ack, Closed, CloseStatus, CommandInput, CommandState, CommandStatus, CommandsReply, Data, Error,
-    ErrorCode, Hello, Opened, Renamed, StatusReply, StatusRequest, StreamState, StreamStatus, Subscribe,
-    Subscribed, encode, encode_commands)
+    ErrorCode, Hello, Opened, Peek, Peeked, Renamed, StatusReply, StatusRequest, StreamState, StreamStatus,
+    Subscribe, Subscribed, WaitReason, encode, encode_commands, encode_status)
 
 
 def vectors():
@@ -42,7 +42,7 @@ def extras():
                Opened(2, 100, t0, 7, 0, b"x"), Closed(2, 100, CloseStatus.ABORTED, "shutdown"),
                StatusReply([StreamStatus(3, 1, 2, t0, 10, 5, 1, StreamState.DRAINING, b"a/b")], more=True),
                StatusReply([]), Error(ErrorCode.SHUTDOWN, "daemon stopping")]
-    yield "session_server_long", b"".join(encode(f) for f in server)
+    yield "session_server_long", b"".join(encode(f, 1) for f in server)
     yield "data_4k", encode(v1) + encode(Data(5, 1 << 32, bytes(4096)))
     # Version 2: commands in a status reply, and the request asking for them.
     client2 = [Hello(2), Subscribe([b"*"]), StatusRequest(commands=True), Ack(1, 10), StatusRequest()]
@@ -55,9 +55,18 @@ def extras():
             CommandStatus(4, 7, CommandState.UNKNOWN, 0, CommandInput.INCOMPLETE, 1, t0, t0, b"u", "not waited for"),
             CommandStatus(5, 4250, CommandState.RUNNING, 0, CommandInput.FEEDING, 65536, t0, 0, b"live.txt")]
     server2 = (encode(Hello(2)) + encode(Subscribed()) + encode_commands(cmds)
-               + encode(StatusReply([StreamStatus(3, 1, 2, t0, 10, 5, 1, StreamState.HELD, b"x")]))
+               + encode(StatusReply([StreamStatus(3, 1, 2, t0, 10, 5, 1, StreamState.HELD, b"x")]), 2)
                + encode_commands([]) + encode(StatusReply([])))
     yield "session_server_v2", server2
+    # Version 3: peeks, and status records with spilled and wait.
+    client3 = [Hello(3), Peek(4096, b"build.log"), StatusRequest(commands=True), Subscribe([b"*"]),
+               Peek(1, b"a/\xffb"), Ack(1, 10)]
+    yield "session_client_v3", b"".join(encode(f) for f in client3)
+    recs = [StreamStatus(3, 1, 2, t0, 10 << 20, 5, 1, StreamState.WRITING, b"x", 8 << 20, WaitReason.SPILL_LIMIT),
+            StreamStatus(4, 1, 2, t0, 10, 0, 0, StreamState.STREAMING, b"y", 0, WaitReason.CONSUMER)]
+    server3 = (encode(Hello(3)) + encode(Peeked(3, 0, 10 << 20, b"head of x\n")) + encode(Peeked())
+               + encode_commands([]) + encode_status(recs, 3) + encode(Subscribed()))
+    yield "session_server_v3", server3
     rng = random.Random(20261126)
     for i in range(3):
         yield "garbage_random_%d" % i, bytes(rng.randrange(256) for _ in range(64 + 64 * i))

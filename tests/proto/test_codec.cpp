@@ -82,10 +82,16 @@ Bytes enc(const Frame& f) {
   return out;
 }
 
+/// The frames of one connection: each is encoded in the version of the
+/// last hello among them (the STATUS record layout depends on it).
 Bytes enc_all(const std::vector<Frame>& frames) {
   Bytes out;
+  std::uint16_t version = kVersion;
   for (const auto& f : frames) {
-    const Bytes one = enc(f);
+    if (const auto* h = std::get_if<Hello>(&f)) version = std::min(h->version, kVersion);
+    Bytes one;
+    const auto e = encode(f, one, version);
+    EXPECT_FALSE(e) << frame_name(f) << ": " << (e ? e->message : "");
     out.insert(out.end(), one.begin(), one.end());
   }
   return out;
@@ -125,7 +131,7 @@ Decoded decode_random(Peer sender, const Bytes& b, unsigned seed) {
   return decode_split(sender, b, [&] { return std::size_t{rng() % 40}; });
 }
 
-const Hello kHello{};           // the highest version (2)
+const Hello kHello{};           // the highest version (3)
 const Hello kHelloV1{1, 0};
 constexpr std::int64_t kT0 = 1700000000123456789;
 constexpr std::int64_t kSecond = 1000000000;
@@ -138,7 +144,12 @@ std::vector<Frame> session(F&&... f) {
 /// A version 2 connection.
 template <class... F>
 std::vector<Frame> session2(F&&... f) {
-  return std::vector<Frame>{Frame{kHello}, Frame{std::forward<F>(f)}...};
+  return std::vector<Frame>{Frame{Hello{2, 0}}, Frame{std::forward<F>(f)}...};
+}
+/// A version 3 connection.
+template <class... F>
+std::vector<Frame> session3(F&&... f) {
+  return std::vector<Frame>{Frame{Hello{3, 0}}, Frame{std::forward<F>(f)}...};
 }
 
 CommandStatus command(std::uint64_t id, std::uint32_t pid, CommandState state, std::uint8_t code, CommandInput input,
@@ -195,6 +206,17 @@ std::map<std::string, std::vector<Frame>> expected_frames() {
   m["server_session_v2"] = session2(
       CommandsReply{{command(1, 4242, CommandState::exited, 0, CommandInput::complete, 6, kT0, kT0 + 1, "a.txt")}},
       StatusReply{});
+  // Version 3.
+  m["hello_server_v3"] = session3();
+  {
+    StreamStatus a{1, 4242, 1000, kT0, 3 << 20, 1 << 20, 250000, StreamState::streaming, "build.log", 1 << 20,
+                   WaitReason::consumer};
+    StreamStatus b{5, 77, 0, kT0 + 5, 10, 0, 0, StreamState::writing, "out/\xff" "bin", 0, WaitReason::spill_limit};
+    m["status_v3"] = session3(StatusReply{false, {a, b}});
+  }
+  m["peek"] = session3(Peek{4096, "logs/build.log"});
+  m["peeked"] = session3(Peeked{1, 4, 10, str_bytes("o\nwor")});
+  m["peeked_none"] = session3(Peeked{});
   return m;
 }
 
@@ -297,6 +319,8 @@ std::vector<Frame> client_samples() {
       Ack{~0ULL, ~0ULL},
       StatusRequest{},
       StatusRequest{.commands = true},
+      Peek{1, "a"},
+      Peek{static_cast<std::uint32_t>(kMaxPeek), big_path(kMaxPath)},
   };
 }
 
@@ -326,6 +350,10 @@ std::vector<Frame> server_samples() {
       StatusReply{},
       StatusReply{true, recs},
       StatusReply{false, {StreamStatus{9, 1, 1, 1, 1, 1, 1, StreamState::draining, big_path(kMaxPath)}}},
+      StatusReply{false, {StreamStatus{9, 1, 1, 1, 1, 1, 1, StreamState::held, "v3", ~0ULL, WaitReason::memory}}},
+      Peeked{},
+      Peeked{1, 0, 0, {}},
+      Peeked{~0ULL, 1ULL << 40, ~0ULL, Bytes(kMaxPeek, std::byte{0x5a})},
       Error{ErrorCode::truncated, ""},
       Error{ErrorCode::internal, std::string(kMaxText, 'm')},
       Error{static_cast<ErrorCode>(0xFFFF), "future code"},
@@ -629,6 +657,13 @@ TEST(EncodeErrors, RefusesWhatTheDecoderWouldReject) {
       {CommandsReply{{CommandStatus{.path = "a", .note = "\xff"}}}, ErrorCode::bad_value},
       {CommandsReply{{CommandStatus{.path = "a", .note = std::string(kMaxText + 1, 'n')}}}, ErrorCode::limit},
       {CommandsReply{big_commands}, ErrorCode::too_large},
+      {StatusReply{false, {StreamStatus{.path = "a", .wait = static_cast<WaitReason>(4)}}}, ErrorCode::bad_value},
+      {Peek{0, "a"}, ErrorCode::bad_value},
+      {Peek{static_cast<std::uint32_t>(kMaxPeek + 1), "a"}, ErrorCode::limit},
+      {Peek{1, ""}, ErrorCode::bad_value},
+      {Peeked{0, 1, 0, {}}, ErrorCode::bad_value},
+      {Peeked{0, 0, 0, Bytes(1)}, ErrorCode::bad_value},
+      {Peeked{1, 0, 0, Bytes(kMaxPeek + 1)}, ErrorCode::too_large},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(std::string(frame_name(c.frame)));
@@ -759,9 +794,25 @@ TEST(Versions, Version2FramesAndFlagsAreRefusedOnAVersion1Connection) {
   }
   {
     // The same bytes on a version 2 connection are fine.
-    const auto d = decode_whole(Peer::client, enc_all({kHello, StatusRequest{.commands = true}}));
+    const auto d = decode_whole(Peer::client, enc_all({Hello{2, 0}, StatusRequest{.commands = true}}));
     EXPECT_FALSE(d.error) << describe(d.error);
     EXPECT_EQ(d.frames, session2(StatusRequest{.commands = true}));
+  }
+}
+
+TEST(Versions, StatusRecordsHaveSpilledAndWaitFromVersion3Only) {
+  const StreamStatus r{1, 2, 3, kT0, 100, 50, 10, StreamState::writing, "x", 40, WaitReason::memory};
+  for (const std::uint16_t v : {1, 2, 3}) {
+    SCOPED_TRACE(v);
+    const auto d = decode_whole(Peer::server, enc_all({Hello{v, 0}, StatusReply{false, {r}}}));
+    ASSERT_FALSE(d.error) << describe(d.error);
+    ASSERT_EQ(d.frames.size(), 2u);
+    StreamStatus want = r;
+    if (v < 3) {
+      want.spilled = 0;  // not sent before version 3
+      want.wait = WaitReason::none;
+    }
+    EXPECT_EQ(d.frames[1], (Frame{StatusReply{false, {want}}}));
   }
 }
 

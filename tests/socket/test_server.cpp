@@ -518,12 +518,12 @@ TEST_F(ServerTest, AVersion1ClientGetsVersion1AndNeverACommandsFrame) {
     EXPECT_NE(e.message.find("protocol version 1"), std::string::npos) << e.message;
   }
   {
-    // A client from the future speaks version 2 here.
+    // A client from the future speaks the daemon's highest version here.
     ProtoClient future(sock, /*hello=*/false);
     future.send(proto::Hello{9, 0});
     auto h = future.next();
     ASSERT_TRUE(h && std::holds_alternative<proto::Hello>(*h));
-    EXPECT_EQ(std::get<proto::Hello>(*h), (proto::Hello{2, 0}));
+    EXPECT_EQ(std::get<proto::Hello>(*h), (proto::Hello{proto::kVersion, 0}));
   }
 }
 

@@ -409,6 +409,19 @@ class SharingTest(MountCase):
                 self.assertEqual((ev.kind, ev.path, ev.offset), ("opened", "watched.log", 5000))
         os.unlink(self.d.at("watched.log"))
 
+    def test_peek_consumes_nothing_and_the_mountpoint_finds_the_daemon(self):
+        with open(self.d.at("peeked.txt"), "wb") as w:
+            w.write(b"first bytes, then more")
+        c = Client(self.d.mnt)  # the mountpoint, not the socket
+        self.assertEqual(c.peek("peeked.txt", 11), b"first bytes")
+        self.assertEqual(c.peek("peeked.txt"), b"first bytes, then more")
+        self.assertIsNone(c.peek("nothing.here"))
+        rows = {r.path: r for r in c.status()}
+        self.assertEqual(rows[b"peeked.txt"].delivered, 0)
+        self.assertEqual(rows[b"peeked.txt"].wait, P.WaitReason.NONE)
+        self.assertEqual(rows[b"peeked.txt"].spilled, 0)
+        self.assertEqual(c.cat("peeked.txt"), b"first bytes, then more")
+
 
 class BadInputTest(MountCase):
     def raw(self, payload, shut=False):

@@ -86,6 +86,30 @@ struct Options {
   /// takes. 0: no stall rule. A waiting write holds the file's inode lock
   /// in the kernel, so unlink, rename and chmod of that file wait with it.
   std::chrono::milliseconds stall_time{2000};
+  /// Socket delivery (docs/protocol.md: `capturefs cat/watch/status/peek`
+  /// and the Python client): a Unix socket at this path, mode 0600, created
+  /// before mounting (a path another daemon listens on makes the
+  /// constructor throw) and removed at unmount. Its path is also what
+  /// getxattr("user.capturefs.socket") of the mountpoint answers, so that
+  /// clients find the daemon from the mount. "": no socket.
+  std::string socket;
+};
+
+/// \brief A command the embedding program runs for a stream (the CLI's
+/// `--exec`), as socket clients are shown it (`capturefs status`).
+struct CommandStatus {
+  enum class State : std::uint8_t { running, exited, killed, not_started, unknown };
+  enum class Input : std::uint8_t { feeding, complete, cut_short, incomplete };
+  std::uint64_t stream_id = 0;
+  pid_t pid = 0;                 ///< 0 if it was never started
+  State state = State::running;
+  int code = 0;                  ///< exited: exit status; killed: signal number
+  Input input = Input::feeding;  ///< how far it got with its stdin
+  std::uint64_t bytes = 0;       ///< bytes written to its stdin
+  timespec started{};
+  timespec ended{};              ///< zero while running
+  std::string path;              ///< the stream's path when it started
+  std::string note;              ///< why, when not plain from the rest
 };
 
 /// \brief A stream handed to a consumer.
@@ -171,10 +195,6 @@ struct FinishReport {
 
 class Mount;
 
-namespace detail {
-struct MountAccess;  // the capturefs CLI's access to internals (lib/internal.hpp)
-}  // namespace detail
-
 /// \brief A registered consumer. Destroying it (or close()) stops delivery;
 /// streams not finished go to the next matching consumer or reader, from
 /// their first byte not yet done.
@@ -217,6 +237,16 @@ class Mount {
   std::size_t spill_peak() const;
   /// \brief The absolute spill directory, or "" when not spilling.
   const std::string& spill_dir() const;
+  /// \brief The absolute socket path (Options::socket), or "".
+  const std::string& socket() const;
+
+  /// \brief What socket clients are shown as the commands the program runs
+  /// (`capturefs status`). Called on a socket connection's thread, possibly
+  /// on several at once; must not block for long. Unset (the default): no
+  /// commands are listed. The socket server reads whether it is set when it
+  /// starts (with serving): set it before serve(), or, to replace it, at
+  /// any time.
+  void set_status_commands(std::function<std::vector<CommandStatus>()> fn);
 
   /// \brief Unmounts now (also done by the destructor). Writers still
   /// waiting get EIO.
@@ -241,7 +271,6 @@ class Mount {
   int serve();
 
  private:
-  friend struct detail::MountAccess;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
