@@ -552,6 +552,31 @@ void Stream::unpin(Effects& fx) {
   maybe_drop_file(fx);
 }
 
+Stream::TierRead Stream::begin_read(std::uint64_t pos, std::span<std::byte> out,
+                                    std::vector<SpillMap::Piece> scratch) {
+  TierRead r;
+  r.pos = pos;
+  r.out = out;
+  r.pieces = std::move(scratch);
+  r.pieces.clear();
+  copy_now(pos, out, &r.pieces);
+  if (!r.pieces.empty()) {
+    r.file = file_;
+    pin();
+  }
+  return r;
+}
+
+int Stream::finish_read(std::unique_lock<std::mutex>& lk, TierRead& r, Effects& fx) {
+  assert(r.file);
+  if (lk.owns_lock()) lk.unlock();
+  const int err = read_file(*r.file, r.pos, r.pieces, r.out);
+  lk.lock();
+  unpin(fx);
+  if (err != 0) read_failed(err, fx);
+  return err;
+}
+
 void Stream::read_failed(int err, Effects& fx) {
   log::error("cannot read spilled bytes back from the spill file in {}: {}", spill_store_->dir(),
              std::strerror(err));
@@ -605,24 +630,19 @@ void Stream::progress(Effects& fx, const Fresh* fresh) {
       } else if (what == Serve::Data) {
         // Not zero-filled: copy_now() and read_file() overwrite all n bytes.
         std::shared_ptr<std::byte[]> v = std::make_shared_for_overwrite<std::byte[]>(n);
-        std::vector<SpillMap::Piece> pieces;
-        copy_now(rd.pos, {v.get(), n}, &pieces);
-        if (pieces.empty()) {
+        TierRead r = begin_read(rd.pos, {v.get(), n});
+        if (!r.file) {
           fx.calls.emplace_back([done = std::move(rd.done), v = std::move(v), n] {
             done(std::span<const std::byte>(v.get(), n));
           });
         } else {
           // The rest comes from the spill file, read once no lock is held.
-          pin();
-          fx.calls.emplace_back([self = shared_from_this(), f = file_, pieces = std::move(pieces),
-                                 pos = rd.pos, v = std::move(v), n, done = std::move(rd.done)] {
-            const int err = read_file(*f, pos, pieces, {v.get(), n});
+          fx.calls.emplace_back([self = shared_from_this(), r = std::move(r), v = std::move(v), n,
+                                 done = std::move(rd.done)]() mutable {
             Effects later;
-            {
-              std::lock_guard lk(self->mu_);
-              self->unpin(later);
-              if (err != 0) self->read_failed(err, later);
-            }
+            std::unique_lock lk(self->mu_, std::defer_lock);
+            const int err = self->finish_read(lk, r, later);
+            lk.unlock();
             if (err != 0) done(Errno{EIO});
             else done(std::span<const std::byte>(v.get(), n));
             settle(std::move(later));
@@ -693,27 +713,21 @@ Pull Stream::pull(std::size_t max, std::vector<std::byte> reuse) {
     // reallocated nor zero-filled again while chunks keep their size.
     p.bytes = std::move(reuse);
     p.bytes.resize(n);
-    std::vector<SpillMap::Piece> pieces;
-    copy_now(delivered_, p.bytes, &pieces);
+    TierRead r = begin_read(delivered_, p.bytes);
     delivered_ += n;
-    if (pieces.empty()) return p;
+    if (!r.file) return p;
     // From the spill file, unlocked; the pieces are pinned meanwhile.
-    std::shared_ptr<SpillFile> f = file_;
-    pin();
-    lk.unlock();
-    const int err = read_file(*f, p.offset, pieces, p.bytes);
     Effects fx;
-    lk.lock();
-    unpin(fx);
+    const int err = finish_read(lk, r, fx);
     if (err == 0) {
       lk.unlock();
       settle(std::move(fx));
       return p;
     }
-    read_failed(err, fx);  // aborted: its end is what there is to pull now
+    // Aborted (finish_read): its end is what there is to pull now.
     p = Pull{};
     lk.unlock();
-    f.reset();  // may be the last reference: closes unlocked
+    r.file.reset();  // may be the last reference: closes unlocked
     settle(std::move(fx));
     lk.lock();
     if (!push_ || close_sent_) return p;
@@ -849,7 +863,7 @@ Outcome<std::span<const std::byte>> Stream::read(std::uint64_t pos, std::size_t 
   thread_local std::vector<SpillMap::Piece> pieces;
   using R = Result<std::span<const std::byte>>;
 
-  std::shared_ptr<SpillFile> f;  // declared first: dropped after unlocking
+  TierRead r;  // declared first: its file is dropped after unlocking
   std::unique_lock lk(mu_);
   // Two rounds: freeing what the reader moved past may let a parked write
   // of this stream in, which brings the bytes this read waits for.
@@ -860,28 +874,19 @@ Outcome<std::span<const std::byte>> Stream::read(std::uint64_t pos, std::size_t 
     }
     std::size_t n = 0;
     switch (prepare_read(pos, size, &n, fx)) {
-      case Serve::Data:
+      case Serve::Data: {
         if (buf_cap < n) {
           buf.reset(new std::byte[n]);
           buf_cap = n;
         }
-        pieces.clear();
-        copy_now(pos, {buf.get(), n}, &pieces);
+        r = begin_read(pos, {buf.get(), n}, std::move(pieces));
         progress(fx);  // our own parked writers may fit now
-        if (!pieces.empty()) {
-          // From the spill file, unlocked; the pieces are pinned meanwhile.
-          f = file_;
-          pin();
-          lk.unlock();
-          const int err = read_file(*f, pos, pieces, {buf.get(), n});
-          lk.lock();
-          unpin(fx);
-          if (err != 0) {
-            read_failed(err, fx);
-            return R(Errno{EIO});
-          }
-        }
+        // From the spill file, unlocked; the pieces are pinned meanwhile.
+        const int err = r.file ? finish_read(lk, r, fx) : 0;
+        pieces = std::move(r.pieces);
+        if (err != 0) return R(Errno{EIO});
         return R(std::span<const std::byte>(buf.get(), n));
+      }
       case Serve::Eof:
         return R(std::span<const std::byte>{});
       case Serve::Error:
@@ -899,7 +904,7 @@ Outcome<std::span<const std::byte>> Stream::read(std::uint64_t pos, std::size_t 
 Result<std::span<const std::byte>> Stream::read_back(std::uint64_t pos, std::size_t size) {
   thread_local std::vector<std::byte> buf;
   thread_local std::vector<SpillMap::Piece> pieces;
-  std::shared_ptr<SpillFile> f;  // declared first: dropped after unlocking
+  TierRead r;  // declared first: its file is dropped after unlocking
   Effects fx;
   Result<std::span<const std::byte>> out = std::span<const std::byte>{};
   {
@@ -908,21 +913,10 @@ Result<std::span<const std::byte>> Stream::read_back(std::uint64_t pos, std::siz
     if (pos >= end()) return std::span<const std::byte>{};
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(size, end() - pos));
     if (buf.size() < n) buf.resize(n);
-    pieces.clear();
-    copy_now(pos, {buf.data(), n}, &pieces);
+    r = begin_read(pos, {buf.data(), n}, std::move(pieces));
     out = std::span<const std::byte>(buf.data(), n);
-    if (!pieces.empty()) {
-      f = file_;
-      pin();
-      lk.unlock();
-      const int err = read_file(*f, pos, pieces, {buf.data(), n});
-      lk.lock();
-      unpin(fx);
-      if (err != 0) {
-        read_failed(err, fx);
-        out = Errno{EIO};
-      }
-    }
+    if (r.file && finish_read(lk, r, fx) != 0) out = Errno{EIO};
+    pieces = std::move(r.pieces);
   }
   settle(std::move(fx));
   return out;

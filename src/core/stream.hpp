@@ -316,6 +316,23 @@ class Stream : public std::enable_shared_from_this<Stream> {
   void copy_now(std::uint64_t pos, std::span<std::byte> out, std::vector<SpillMap::Piece>* file) const;
   void pin();
   void unpin(Effects& fx);
+  // A read of [pos, pos + out.size()) from both tiers: every read of the
+  // tiers (a parked or immediate consumer read, a pull, a read-back) is
+  // begin_read() under mu_, which copies the memory part (copy_now()) and
+  // pins the file pieces, then, if `file` is set, finish_read(), which
+  // pread()s them with mu_ unlocked and unpins them under mu_ again.
+  struct TierRead {
+    std::shared_ptr<SpillFile> file;      // set while pieces are pinned
+    std::uint64_t pos = 0;
+    std::span<std::byte> out;
+    std::vector<SpillMap::Piece> pieces;  // still to read from file
+  };
+  // Under mu_. `scratch`: storage for the pieces (a caller's reused vector).
+  TierRead begin_read(std::uint64_t pos, std::span<std::byte> out,
+                      std::vector<SpillMap::Piece> scratch = {});
+  // For r.file set; entered with lk (on mu_) held or not, returns with it
+  // held. 0, or the pread()'s errno: the stream is aborted (read_failed()).
+  int finish_read(std::unique_lock<std::mutex>& lk, TierRead& r, Effects& fx);
   // A pread() of the spill file failed: the bytes are lost, the stream is aborted.
   void read_failed(int err, Effects& fx);
   // Consumes (frees) everything before pos, in both tiers.
