@@ -58,30 +58,20 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <span>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "core/budget.hpp"
 #include "core/byte_queue.hpp"
+#include "core/effects.hpp"
+#include "core/parking.hpp"
 #include "core/sink.hpp"
 #include "core/spill.hpp"
 #include "core/types.hpp"
 
 namespace capturefs::core {
-
-class Parking;
-
-/// \brief Work to do once no lock is held: callbacks to run and streams
-/// to pump because memory was released.
-struct Effects {
-  std::vector<std::function<void()>> calls;
-  std::vector<std::weak_ptr<Stream>> woken;
-  void merge_woken(std::vector<std::weak_ptr<Stream>> w);
-};
-
-/// \brief Runs the callbacks and pumps woken streams until nothing is left.
-/// Call with no core lock held.
-void settle(Effects&& fx);
 
 enum class Role : std::uint8_t { Writer, Reader };
 
@@ -412,26 +402,6 @@ class Stream : public std::enable_shared_from_this<Stream> {
   Meta meta_;
   std::deque<PendingWrite> writes_;
   std::deque<PendingRead> reads_;
-};
-
-/// \brief Knows every parked op: its stream by key (for cancel()), and the
-/// streams that hold any (for fail_parked() at shutdown).
-class Parking {
- public:
-  void add(WaitKey key, const std::shared_ptr<Stream>& s);
-  void remove(WaitKey key, const Stream* s);
-  std::shared_ptr<Stream> find(WaitKey key) const;
-  std::vector<std::shared_ptr<Stream>> all() const;
-
- private:
-  // Lock order: innermost (taken under Stream::mu_). Calls nothing.
-  mutable std::mutex mu_;
-  std::unordered_map<WaitKey, std::weak_ptr<Stream>> keys_;  // key != 0 only
-  struct Held {
-    std::weak_ptr<Stream> stream;
-    std::size_t ops = 0;
-  };
-  std::unordered_map<const Stream*, Held> streams_;
 };
 
 }  // namespace capturefs::core
