@@ -12,7 +12,9 @@
 //
 // Lock order: Volume::tree_mu_ -> Subscription::mu_ (adopt under the tree
 // lock); mu_ is otherwise a leaf: never held while calling a stream, the
-// volume or the sink.
+// volume or the sink. Outside the core it may be taken under a sink's own
+// lock (the server's ConsumerSink::mu_, via due_ids()), never under
+// Stream::mu_ (the whole graph: volume.hpp).
 #pragma once
 
 #include <condition_variable>

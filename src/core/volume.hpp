@@ -15,6 +15,32 @@
 // Lock order: Volume::tree_mu_ -> Stream::mu_ -> {Budget::mu_ (memory),
 // Budget::mu_ (spill), Parking::mu_}. No syscall on a spill file runs under
 // any of them (stream.hpp, SPILLING).
+//
+// LOCK GRAPH (every mutex in src/; A -> B: B may be taken while A is held;
+// no other nesting exists; each mutex also states this where it is declared)
+//
+//   core (no core lock is held while a FUSE reply is sent, a Sink or
+//   Observer is called, or a parked op completes: Effects, effects.hpp)
+//     Volume::tree_mu_ -> Stream::mu_
+//     Volume::tree_mu_ -> Subscription::mu_          (adopt, renames)
+//     Stream::mu_ -> Budget::mu_ (memory)
+//     Stream::mu_ -> Budget::mu_ (spill)
+//     Stream::mu_ -> Parking::mu_
+//       the last three are leaves, never held together
+//     PidfdExitWatch::mu_ (exit_watch.cpp)            leaf
+//   fuse (calls the Volume with none of its locks held)
+//     Adapter::handles_mu_                            leaf
+//     Notifier::mu_ (session.cpp)                     leaf
+//   lib
+//     Trimmer::mu_, Mount::Impl::mu (mount.cpp)       leaves
+//   server (none taken under a core lock: sinks and observers are called
+//   unlocked; see src/server/conn.hpp)
+//     Conn::wmu_ -> ConsumerSink::mu_
+//     ConsumerSink::mu_ -> Subscription::mu_, then Stream::mu_, one at a
+//       time (Subscription::due_ids, late_renames_pending)
+//     Conn::kmu_, ObserverQueue::mu_, Server::Impl::mu leaves
+//   cli (--exec)
+//     ExecRunner::stop_mu_ -> ExecRunner::mu_ -> ExecHistory::mu_
 #pragma once
 
 #include <deque>
@@ -252,8 +278,9 @@ class Volume {
   Budget budget_;
   Parking parking_;
 
-  // Lock order: tree_mu_ -> Stream::mu_ -> {Budget::mu_ (memory, spill),
-  // Parking::mu_} (see the top of this file).
+  // Lock order: taken first, with no other lock held; tree_mu_ ->
+  // Stream::mu_ -> {Budget::mu_ (memory, spill), Parking::mu_}, and
+  // tree_mu_ -> Subscription::mu_ (the graph: the top of this file).
   mutable std::mutex tree_mu_;
   std::unordered_map<Ino, NodePtr> nodes_;
   Ino next_ino_ = kRootIno + 1;

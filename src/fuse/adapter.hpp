@@ -44,7 +44,8 @@ class Adapter {
 
  private:
   core::Volume& vol_;
-  // Leaf lock: held only to insert or erase, never across a Volume call.
+  // Leaf lock: held only to insert or erase, never across a Volume call;
+  // taken with no other lock held.
   std::mutex handles_mu_;
   std::unordered_set<core::Handle*> handles_;
   std::unordered_map<DirHandle*, std::unique_ptr<DirHandle>> dirs_;  // same lock

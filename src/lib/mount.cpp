@@ -172,7 +172,7 @@ class Trimmer {
     }
   }
   core::Volume& vol_;
-  std::mutex mu_;  // guards stop_; leaf
+  std::mutex mu_;  // guards stop_; lock order: a leaf, never held across a Volume call
   std::condition_variable cv_;
   bool stop_ = false;
   std::thread thread_;  // last: starts once the rest is set up
@@ -187,7 +187,7 @@ struct Mount::Impl {
   std::unique_ptr<fuse::Session> session;
   std::unique_ptr<Trimmer> trimmer;  // started with serving (after a daemonize's fork)
   std::thread server;
-  std::mutex mu;  // guards `unmounted`; leaf
+  std::mutex mu;  // guards `unmounted`; lock order: a leaf, released before stopping anything
   bool unmounted = false;
 
   void stop() {

@@ -5,11 +5,14 @@
 //
 // LOCK ORDER (the server's mutexes; the core's below them are described in
 // src/core/volume.hpp):
-//   Conn::wmu_ -> ConsumerSink::mu_ -> Subscription::mu_ -> Stream::mu_
+//   Conn::wmu_ -> ConsumerSink::mu_
+//   ConsumerSink::mu_ -> Subscription::mu_, then Stream::mu_, one at a
+//     time (Subscription::due_ids() and late_renames_pending(), in
+//     wait_announced)
 //   Conn::kmu_, ObserverQueue::mu_ and Server::Impl::mu are leaves.
-// No server mutex is held while the server calls into the Volume, except
-// ConsumerSink::mu_ around Subscription::due_ids() and
-// late_renames_pending() (wait_announced).
+// No server mutex is taken under a core lock (the core calls sinks and
+// observers with none held), and none is held while the server calls the
+// Volume, except ConsumerSink::mu_ as above.
 #pragma once
 
 #include <sys/socket.h>
@@ -94,7 +97,8 @@ class ConsumerSink final : public core::Sink {
   // Lock order: Conn::wmu_ before this (a DATA's `wired` is moved under
   // both, and teardown reads it under both). wait_announced calls
   // Subscription::due_ids under it (Subscription::mu_, then Stream::mu_ of
-  // each unopened stream).
+  // each unopened stream, one at a time). No core lock is held when it is
+  // taken; nothing else is taken under it.
   std::mutex mu_;
   std::condition_variable cv_;
   Gate gate_ = Gate::waiting;
@@ -167,7 +171,9 @@ class ObserverQueue final : public core::Observer {
 
   const std::weak_ptr<Conn> conn_;
   const std::size_t limit_;
-  std::mutex mu_;  // leaf
+  // Lock order: a leaf. Taken by core Observer callbacks (no core lock
+  // held) and the writer thread; released before kill() is called.
+  std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Event> q_;
   std::size_t bytes_ = 0;
@@ -226,14 +232,18 @@ class Conn : public std::enable_shared_from_this<Conn> {
   const std::uint64_t serial_;
   std::thread thread_;
 
-  // Writing.
+  // Writing. Lock order: taken with no other lock held (a delivery thread
+  // in a sink call, or the reader thread); ConsumerSink::mu_ may be taken
+  // under it (send()'s `written`, teardown's unclosed()). Held across the
+  // blocking socket write: that is the backpressure on this client only.
   std::mutex wmu_;
   bool broken_ = false;      // guarded by wmu_: a write failed; nothing more is sent
   bool hello_sent_ = false;  // guarded by wmu_
   std::atomic<bool> dying_{false};
   std::atomic<Clock::rep> deadline_{0};
 
-  // Requests from other threads.
+  // Requests from other threads. Lock order: a leaf, held only to set or
+  // take these fields (the eventfd is written after unlocking).
   std::mutex kmu_;
   std::optional<proto::Error> kill_error_;
   bool killed_ = false;
@@ -266,7 +276,10 @@ struct Server::Impl {
   int wake_fd = -1;
   std::thread acceptor;
 
-  mutable std::mutex mu;  // leaf
+  // Lock order: a leaf (guards conns, done, next_serial, started, stopped):
+  // nothing is called under it but refusing a connection and making a Conn
+  // (syscalls, no lock); connections are joined and killed after copying.
+  mutable std::mutex mu;
   std::unordered_map<std::uint64_t, std::shared_ptr<Conn>> conns;
   std::vector<std::uint64_t> done;
   std::uint64_t next_serial = 1;
