@@ -73,8 +73,6 @@
 
 namespace capturefs::core {
 
-enum class Role : std::uint8_t { Writer, Reader };
-
 /// \brief Where a stream with a push consumer signals that it has something
 /// to deliver (data, or its end). Implemented by Subscription. Called with
 /// no core lock held; must not block.

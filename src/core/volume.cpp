@@ -6,6 +6,11 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "core/delivery.hpp"
+#include "core/exit_watch.hpp"
+#include "core/spill.hpp"
+#include "core/stream.hpp"
+
 namespace capturefs::core {
 
 namespace {
@@ -500,5 +505,8 @@ StatFs Volume::statfs() {
   s.files = nodes_.size();
   return s;
 }
+
+std::size_t Volume::spill_used() const { return policy_.spill ? policy_.spill->budget().used() : 0; }
+std::size_t Volume::spill_peak() const { return policy_.spill ? policy_.spill->budget().peak() : 0; }
 
 }  // namespace capturefs::core

@@ -54,13 +54,20 @@
 #include <vector>
 
 #include "core/budget.hpp"
-#include "core/delivery.hpp"
-#include "core/exit_watch.hpp"
-#include "core/spill.hpp"
-#include "core/stream.hpp"
+#include "core/effects.hpp"
+#include "core/parking.hpp"
+#include "core/sink.hpp"
 #include "core/types.hpp"
 
 namespace capturefs::core {
+
+// Forward declarations keep this header light: its users include what they
+// use (stream.hpp, delivery.hpp, exit_watch.hpp, spill.hpp).
+class ExitWatch;
+class PushTarget;
+class SpillStore;
+class Stream;
+class Subscription;
 
 /// \brief An open file: which stream, and in which role. Owned by the front
 /// end from open() to release().
@@ -203,8 +210,8 @@ class Volume {
   std::size_t memory_peak() const { return budget_.peak(); }
   /// Bytes in spill files now (streams' spill tiers and writes in flight to
   /// them) and at most so far; 0 without spilling.
-  std::size_t spill_used() const { return policy_.spill ? policy_.spill->budget().used() : 0; }
-  std::size_t spill_peak() const { return policy_.spill ? policy_.spill->budget().peak() : 0; }
+  std::size_t spill_used() const;
+  std::size_t spill_peak() const;
 
  private:
   struct Node {

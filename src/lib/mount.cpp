@@ -14,6 +14,7 @@
 
 #include "capturefs/capturefs.hpp"
 #include "core/delivery.hpp"
+#include "core/exit_watch.hpp"
 #include "core/log.hpp"
 #include "core/spill.hpp"
 #include "core/trim.hpp"
