@@ -140,6 +140,8 @@ class ExecHistory {
 
  private:
   const std::size_t capacity_;
+  // Lock order: a leaf; taken alone or under ExecRunner::mu_ (a finished
+  // command moves to the history under both).
   mutable std::mutex mu_;
   std::deque<ExecExit> recent_;
   std::uint64_t total_ = 0;
@@ -195,11 +197,15 @@ class ExecRunner {
   int reap_fd_ = -1;                   // eventfd; the reaper has news
   std::atomic<bool> stopping_{false};
 
-  std::mutex stop_mu_;  // serialises stop_feeding() and stop()
+  // Serialises stop_feeding() and stop(). Lock order: taken first, with no
+  // other lock held; mu_ (then history_'s) may be taken under it.
+  std::mutex stop_mu_;
   bool feeding_stopped_ = false;
   bool stopped_ = false;
 
-  mutable std::mutex mu_;  // guards everything below; only history_'s lock is taken under it
+  // Guards everything below. Lock order: stop_mu_ -> mu_ -> history_'s
+  // mutex; only history_'s lock is taken under it.
+  mutable std::mutex mu_;
   std::condition_variable slot_cv_;
   unsigned alive_ = 0;  // commands started and not yet reaped
   std::unordered_map<std::uint64_t, std::shared_ptr<Job>> jobs_;  // being fed

@@ -12,7 +12,9 @@
 //
 // Lock order: Volume::tree_mu_ -> Subscription::mu_ (adopt under the tree
 // lock); mu_ is otherwise a leaf: never held while calling a stream, the
-// volume or the sink.
+// volume or the sink. Outside the core it may be taken under a sink's own
+// lock (the server's ConsumerSink::mu_, via due_ids()), never under
+// Stream::mu_ (the whole graph: volume.hpp).
 #pragma once
 
 #include <condition_variable>
@@ -34,20 +36,9 @@ namespace capturefs::core {
 
 class Volume;
 
-/// \brief Which paths (relative to the mount) a subscription takes.
-using PathFilter = std::function<bool(std::string_view path)>;
-
 /// \brief A filter from shell globs: a path matches if any glob matches it
 /// (fnmatch(3) without FNM_PATHNAME: `*` also matches `/`). No globs: all.
 PathFilter glob_filter(std::vector<std::string> globs);
-
-struct SubscriptionOptions {
-  unsigned threads = 2;                ///< delivery threads
-  std::size_t chunk = 256 * 1024;      ///< largest on_data call
-  std::size_t window = 4 * 1024 * 1024;  ///< unacknowledged bytes per stream
-  bool auto_ack = true;  ///< acknowledge when on_data returns; else call ack()
-  std::size_t max_active = 0;  ///< streams held at once (0: no limit); more wait their turn
-};
 
 class Subscription : public PushTarget, public std::enable_shared_from_this<Subscription> {
  public:

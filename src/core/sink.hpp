@@ -5,15 +5,31 @@
 // to through this interface by a Subscription (delivery.hpp).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <ctime>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 
 namespace capturefs::core {
 
 class Subscription;
+
+/// \brief Which paths (relative to the mount) a subscription takes
+/// (delivery.hpp; here so that volume.hpp need not include it).
+using PathFilter = std::function<bool(std::string_view path)>;
+
+/// \brief How a Subscription (delivery.hpp) delivers.
+struct SubscriptionOptions {
+  unsigned threads = 2;                ///< delivery threads
+  std::size_t chunk = 256 * 1024;      ///< largest on_data call
+  std::size_t window = 4 * 1024 * 1024;  ///< unacknowledged bytes per stream
+  bool auto_ack = true;  ///< acknowledge when on_data returns; else call ack()
+  std::size_t max_active = 0;  ///< streams held at once (0: no limit); more wait their turn
+};
 
 /// \brief What a consumer learns when a stream is handed to it.
 struct StreamInfo {

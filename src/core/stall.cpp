@@ -5,9 +5,14 @@
 // by any process wait for it uninterruptibly. So no write may wait on a
 // consumer that does not consume: after the stall time it spills, or fails
 // with ENOSPC. Each such event is logged once, with the path.
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <cerrno>
 
 #include "core/log.hpp"
+#include "core/parking.hpp"
+#include "core/stream.hpp"
 #include "core/volume.hpp"
 
 namespace capturefs::core {
@@ -27,6 +32,66 @@ const char* describe(WaitReason r) {
 double seconds(std::int64_t ns) { return static_cast<double>(ns) / 1e9; }
 
 }  // namespace
+
+// ---- one stream (a Stream member: its lock, its parked writes) ----
+
+WaitReason Stream::wait_reason() const {
+  if (writes_.empty()) return WaitReason::none;
+  return noroom_ == WaitReason::none ? WaitReason::memory : noroom_;
+}
+
+Stall Stream::check_stall(std::int64_t now_ns, std::int64_t stall_ns, Effects& fx) {
+  std::lock_guard lk(mu_);
+  Stall out;
+  if (reported_since_ != 0 &&
+      std::none_of(writes_.begin(), writes_.end(),
+                   [&](const PendingWrite& w) { return w.since_ns == reported_since_; })) {
+    out.kind = Stall::Kind::Resumed;
+    out.waited_ns = now_ns - reported_since_;
+    reported_since_ = 0;
+    return out;
+  }
+  if (stall_ns <= 0 || writes_.empty()) return out;
+  const PendingWrite& w = writes_.front();
+  // Unarmed, or its bytes are on their way to the spill file, or the file
+  // is being opened for it: it is moving.
+  if (!w.armed || w.in_flight != 0 || opening_) return out;
+  const std::int64_t since = w.since_ns;
+  if (now_ns - since < stall_ns) return out;
+  out.on = wait_reason();
+  out.waited_ns = now_ns - since;
+  if (spill_store_ == nullptr) {  // --no-spill: pure backpressure, reported once
+    if (reported_since_ == since) return Stall{};
+    reported_since_ = since;
+    out.kind = Stall::Kind::Waiting;
+    return out;
+  }
+  if (!stalled_ && (reader_ || push_)) {
+    // Its consumer made no room in time: spill as if it had none.
+    stalled_ = true;
+    progress(fx);
+    out.kind = Stall::Kind::Spilling;
+    if (writes_.empty() || writes_.front().since_ns != since) return out;
+    const PendingWrite& again = writes_.front();
+    if (again.in_flight != 0 || opening_) return out;  // on its way to the file
+    out.on = wait_reason();
+  }
+  // Nothing can take the bytes (the spill limit is reached, the disk is
+  // full, or the write is larger than the limit): fail like a full disk.
+  out.kind = Stall::Kind::Failed;
+  if (abort_reason_.empty()) {
+    abort_reason_ = fmt::format(
+        "no space: a write waited {:.1f} s and the spill tier could not take it ({})",
+        static_cast<double>(out.waited_ns) / 1e9,
+        spill_blocked() ? "the spill disk is full or no spill file could be opened"
+                        : fmt::format("spill limit {} bytes reached", spill_store_->limit()));
+  }
+  abort_errno_ = ENOSPC;
+  discard(fx);
+  return out;
+}
+
+// ---- the volume ----
 
 std::string Volume::path_of_stream(const Stream* s) {
   std::lock_guard lk(tree_mu_);

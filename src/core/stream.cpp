@@ -23,96 +23,8 @@ std::int64_t mono_ns() {
   return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
-void Effects::merge_woken(std::vector<std::weak_ptr<Stream>> w) {
-  if (woken.empty()) {
-    woken = std::move(w);
-  } else {
-    woken.insert(woken.end(), std::make_move_iterator(w.begin()), std::make_move_iterator(w.end()));
-  }
-}
-
-namespace {
-// The Effects being settled by this thread, if any.
-thread_local Effects* running = nullptr;
-}  // namespace
-
-void settle(Effects&& fx) {
-  // A callback that settles effects of its own (the completion of a spill
-  // file read or write) hands them to the settle() running it, so chains of
-  // completions loop here instead of nesting deeper and deeper.
-  if (running != nullptr) {
-    running->calls.insert(running->calls.end(), std::make_move_iterator(fx.calls.begin()),
-                          std::make_move_iterator(fx.calls.end()));
-    running->merge_woken(std::move(fx.woken));
-    fx.calls.clear();
-    fx.woken.clear();
-    return;
-  }
-  running = &fx;
-  struct Reset {
-    ~Reset() { running = nullptr; }
-  } reset;
-  while (!fx.calls.empty() || !fx.woken.empty()) {
-    auto calls = std::move(fx.calls);
-    fx.calls.clear();
-    for (auto& c : calls) c();
-    auto woken = std::move(fx.woken);
-    fx.woken.clear();
-    for (auto& w : woken) {
-      if (auto s = w.lock()) s->pump(fx);
-    }
-  }
-}
-
-// ---- Parking ---------------------------------------------------------------
-
-void Parking::add(WaitKey key, const std::shared_ptr<Stream>& s) {
-  std::lock_guard lk(mu_);
-  if (key != 0) keys_[key] = s;
-  Held& h = streams_[s.get()];
-  h.stream = s;
-  ++h.ops;
-}
-
-void Parking::remove(WaitKey key, const Stream* s) {
-  std::lock_guard lk(mu_);
-  if (key != 0) keys_.erase(key);
-  auto it = streams_.find(s);
-  if (it != streams_.end() && --it->second.ops == 0) streams_.erase(it);
-}
-
-std::shared_ptr<Stream> Parking::find(WaitKey key) const {
-  std::lock_guard lk(mu_);
-  auto it = keys_.find(key);
-  return it == keys_.end() ? nullptr : it->second.lock();
-}
-
-std::vector<std::shared_ptr<Stream>> Parking::all() const {
-  std::vector<std::shared_ptr<Stream>> out;
-  std::lock_guard lk(mu_);
-  for (const auto& [p, h] : streams_) {
-    if (auto s = h.stream.lock()) out.push_back(std::move(s));
-  }
-  return out;
-}
-
 // ---- Stream ----------------------------------------------------------------
-
-namespace {
-
-// Reads the file pieces of a copy (see copy_now) into out, which holds the
-// bytes from stream offset pos. Called with no lock held.
-int read_file(SpillFile& f, std::uint64_t pos, const std::vector<SpillMap::Piece>& pieces,
-              std::span<std::byte> out) {
-  for (const auto& p : pieces) {
-    const int err = f.read_at(p.foff, out.subspan(static_cast<std::size_t>(p.off - pos),
-                                                  static_cast<std::size_t>(p.len)));
-    if (err != 0) return err;
-  }
-  return 0;
-}
-
-}  // namespace
+// The state machine. The tiers and the spill file's I/O: stream_spill.cpp.
 
 Stream::Stream(Budget& budget, Parking& parking, std::uint64_t max_stream, Meta meta,
                SpillStore* spill)
@@ -252,232 +164,11 @@ void Stream::rewrote_delivered(std::uint64_t off) {
   abort_errno_ = EIO;
 }
 
-Stream::Apply Stream::try_apply(std::uint64_t off, std::span<const std::byte> data, FileWrite& fw,
-                                Result<std::size_t>* res, Effects& fx) {
-  if (off < delivered_) {
-    // Those bytes are already with the consumer: the file it has is wrong,
-    // so it is told (aborted), and so is the writer, now and from now on.
-    rewrote_delivered(off);
-    *res = Errno{EIO};
-    return Apply::Done;
-  }
-  const bool have = fw.file != nullptr;  // the bytes are in the file already
-  const std::uint64_t len = data.size();
-  const std::uint64_t e = end();
-  const std::uint64_t me = mem_end();
-  // The write's parts: [off, off + a_len) over memory, [b_beg, b_beg +
-  // b_len) over the spill tier, then `zeros` and `tail` bytes beyond the end.
-  const std::uint64_t a_len = off < me ? std::min(off + len, me) - off : 0;
-  const std::uint64_t b_beg = std::max(off, me);
-  const std::uint64_t b_end = spill_.empty() ? b_beg : std::min(off + len, e);
-  const std::uint64_t b_len = b_end > b_beg ? b_end - b_beg : 0;
-  const std::uint64_t zeros = off > e ? off - e : 0;
-  const std::uint64_t tail = off + len > e ? off + len - std::max(off, e) : 0;
-  const std::uint64_t ext = zeros + tail;
-
-  enum class To : std::uint8_t { None, Memory, Spill };
-  To to = To::None;
-  std::size_t grow = 0;
-  if (ext != 0) {
-    // A held stream cannot wait for room: nothing drains it before its
-    // writers are done. It fails at once instead.
-    const bool waits = !held();
-    const std::shared_ptr<Stream> waiter = waits ? shared_from_this() : nullptr;
-    const bool fits_memory = ext <= max_stream_ && ext <= budget_.cap();
-    const bool fits_spill = spill_store_ != nullptr && ext <= spill_store_->limit();
-    // Behind a spill tier only into it (order); else memory first, then a
-    // new tier if nobody can drain memory (or the bytes are on disk anyway).
-    const bool spill_only = !spill_.empty();
-    const bool may_spill = fits_spill && (spill_only || have || may_start_spill());
-    bool stream_full = false;
-    if (!spill_only && fits_memory) {
-      grow = queue_.growth_for(static_cast<std::size_t>(ext));
-      if (reserved_ + grow > max_stream_) stream_full = true;  // wait for our consumer
-      else if (budget_.try_reserve(grow, waiter)) to = To::Memory;
-    }
-    if (to == To::None && may_spill && take_spill(ext, fw, waiter)) to = To::Spill;
-    if (to == To::None) {
-      if (!fits_memory && !may_spill) {
-        *res = Errno{EFBIG};
-        return Apply::Done;
-      }
-      if (!waits) {
-        *res = Errno{(stream_full || !fits_memory) && !may_spill ? EFBIG : ENOSPC};
-        return Apply::Done;
-      }
-      noroom_ = may_spill ? WaitReason::spill_limit
-                          : (reader_ || push_) ? WaitReason::consumer : WaitReason::memory;
-      return Apply::NoRoom;
-    }
-  }
-  const bool needs_file = b_len != 0 || (to == To::Spill && tail != 0);
-  if (needs_file && !have) {
-    if (!file_) return Apply::NeedFile;
-    fw.file = file_;  // a fresh run: nothing else ever writes there
-    fw.foff = file_alloc_;
-    fw.len = len;
-    file_alloc_ += len;
-    ++file_io_;
-    return Apply::ToFile;
-  }
-
-  std::vector<FileRun> dead;
-  if (a_len != 0)
-    queue_.overwrite(static_cast<std::size_t>(off - base_), data.first(static_cast<std::size_t>(a_len)));
-  if (b_len != 0) spill_.assign(b_beg, b_len, fw.foff + (b_beg - off), &dead);
-  if (to == To::Memory) {
-    reserved_ += grow;
-    queue_.append(data.subspan(static_cast<std::size_t>(len - tail)), static_cast<std::size_t>(zeros));
-    assert(reserved_ == queue_.capacity());
-  } else if (to == To::Spill) {
-    if (spill_.empty()) spill_.reset(e);
-    spill_.append(zeros, SpillMap::kZeros);
-    if (tail != 0) spill_.append(tail, fw.foff + (len - tail));
-    fw.credit -= ext;
-  }
-  if (have) {
-    // The parts of the run that were not mapped are dead already.
-    fw.used = true;
-    if (a_len != 0) dead.push_back(FileRun{fw.foff, a_len});
-    if (to == To::Memory && tail != 0) dead.push_back(FileRun{fw.foff + (len - tail), tail});
-  }
-  bury(dead, fx);
-  meta_.mtime = meta_.ctime = now();
-  *res = static_cast<std::size_t>(len);
-  return Apply::Done;
-}
-
-bool Stream::take_spill(std::uint64_t n, FileWrite& fw, const std::shared_ptr<Stream>& waiter) {
-  if (fw.credit >= n) return true;
-  if (spill_blocked()) {  // the disk is full, or no file could be opened
-    if (waiter) spill_store_->budget().wait(waiter);
-    return false;
-  }
-  const std::uint64_t more = n - fw.credit;
-  if (!spill_store_->budget().try_reserve(static_cast<std::size_t>(more), waiter)) return false;
-  fw.credit += more;
-  return true;
-}
-
-void Stream::end_file_write(FileWrite& fw, Effects& fx) {
-  if (fw.file) {
-    assert(fw.file == file_);  // file_ is kept while file_io_ > 0
-    if (!fw.used) {
-      std::vector<FileRun> dead{FileRun{fw.foff, fw.len}};
-      bury(dead, fx);
-    }
-    --file_io_;
-    fw.file.reset();  // not the last reference: file_ has it
-  }
-  if (fw.credit != 0) release_spill(fw.credit, fx);
-  fw = FileWrite{};
-  maybe_drop_file(fx);
-}
-
-bool Stream::spill_write_failed(int err) {
-  if (err != ENOSPC && err != EDQUOT) {
-    log::error("cannot write to the spill file in {}: {}", spill_store_->dir(), std::strerror(err));
-    return false;
-  }
-  // The file system is full before the limit: like a full limit, the
-  // write waits until something is released.
-  spill_store_->disk_full(err);
-  block_spill();
-  wait_for_room();
-  return true;
-}
-
-void Stream::wait_for_room() {
-  const std::shared_ptr<Stream> self = shared_from_this();
-  budget_.wait(self);
-  if (spill_store_ != nullptr) spill_store_->budget().wait(self);
-}
-
-void Stream::file_opened(Result<std::shared_ptr<SpillFile>> f, Effects& fx) {
-  opening_ = false;
-  if (f) {
-    assert(!file_);
-    file_ = std::move(f.value());
-    file_alloc_ = 0;
-  } else {
-    block_spill();  // SpillStore::open() logged why
-    wait_for_room();
-  }
-  progress(fx);  // the writes parked for the file
-}
-
-void Stream::request_file(Effects& fx) {
-  if (opening_) return;
-  opening_ = true;
-  fx.calls.emplace_back([self = shared_from_this()] {
-    auto f = self->spill_store_->open();  // unlocked
-    Effects later;
-    {
-      std::lock_guard lk(self->mu_);
-      self->file_opened(std::move(f), later);
-    }
-    settle(std::move(later));
-  });
-}
-
-void Stream::start_parked_write(FileWrite fw, Effects& fx) {
-  PendingWrite& w = writes_.front();
-  w.in_flight = ++next_io_id_;
-  auto data = std::make_shared<std::vector<std::byte>>(std::move(w.data));
-  fx.calls.emplace_back([self = shared_from_this(), fw = std::move(fw), data, id = w.in_flight] {
-    const int err = fw.file->write_at(fw.foff, *data);  // unlocked
-    self->parked_write_written(id, fw, data, err);
-  });
-}
-
-void Stream::parked_write_written(std::uint64_t id, FileWrite fw,
-                                  const std::shared_ptr<std::vector<std::byte>>& data, int err) {
-  Effects fx;
-  {
-    std::lock_guard lk(mu_);
-    auto it = std::find_if(writes_.begin(), writes_.end(),
-                           [id](const PendingWrite& w) { return w.in_flight == id; });
-    if (it == writes_.end()) {
-      end_file_write(fw, fx);  // cancelled or failed meanwhile (its caller was answered)
-    } else {
-      Result<std::size_t> r = data->size();
-      bool finished = true;
-      if (abort_errno_ != 0) {
-        r = Errno{abort_errno_};
-      } else if (discard_) {
-        // accepted and discarded
-      } else if (err != 0) {
-        end_file_write(fw, fx);  // first: it gives back the credit
-        if (spill_write_failed(err)) finished = false;
-        else r = Errno{err};
-      } else if (try_apply(it->off, *data, fw, &r, fx) != Apply::Done) {
-        finished = false;  // NoRoom (its bytes are in the file: nothing else)
-      }
-      end_file_write(fw, fx);  // (no-op if ended above)
-      if (finished) {
-        fx.calls.emplace_back([done = std::move(it->done), r] { done(r); });
-        forget_key(it->key);
-        writes_.erase(it);
-      } else {
-        it->in_flight = 0;
-        it->data = std::move(*data);
-      }
-      progress(fx);
-    }
-  }
-  settle(std::move(fx));
-}
-
 void Stream::release_memory(std::size_t n, Effects& fx) {
   if (n == 0) return;
   assert(n <= reserved_);
   reserved_ -= n;
   fx.merge_woken(budget_.release(n));
-}
-
-void Stream::release_spill(std::uint64_t n, Effects& fx) {
-  if (n == 0) return;
-  fx.merge_woken(spill_store_->budget().release(static_cast<std::size_t>(n)));
 }
 
 void Stream::consume_to(std::uint64_t pos, Effects& fx) {
@@ -508,108 +199,6 @@ void Stream::drop_all(Effects& fx) {
     bury(dead, fx);
   }
   maybe_drop_file(fx);
-}
-
-void Stream::bury(std::vector<FileRun>& runs, Effects& fx) {
-  if (runs.empty()) return;
-  dead_.insert(dead_.end(), runs.begin(), runs.end());
-  runs.clear();
-  if (pins_ == 0) flush_dead(fx);  // else a read may still copy from them
-}
-
-void Stream::flush_dead(Effects& fx) {
-  if (dead_.empty()) return;
-  if (!file_ || !spill_store_->punching()) {
-    dead_.clear();
-    return;
-  }
-  // Holes are punched in whole blocks; the unaligned end of the last run is
-  // kept and merged with the next dead run (consumption is sequential, so
-  // the next one usually starts right there).
-  constexpr std::uint64_t kBlock = 4096;
-  if (punch_tail_.len != 0) dead_.push_back(punch_tail_);
-  punch_tail_ = FileRun{};
-  std::sort(dead_.begin(), dead_.end(), [](const FileRun& a, const FileRun& b) { return a.off < b.off; });
-  std::vector<FileRun> holes;
-  auto emit = [&](const FileRun& r, bool last) {
-    const std::uint64_t from = (r.off + kBlock - 1) / kBlock * kBlock;
-    const std::uint64_t to = (r.off + r.len) / kBlock * kBlock;
-    if (to > from) holes.push_back(FileRun{from, to - from});
-    if (last) {
-      const std::uint64_t t = std::max(r.off, to);
-      if (r.off + r.len > t) punch_tail_ = FileRun{t, r.off + r.len - t};
-    }
-  };
-  FileRun cur = dead_.front();
-  for (std::size_t i = 1; i < dead_.size(); ++i) {
-    const FileRun& r = dead_[i];
-    if (r.off <= cur.off + cur.len) {
-      cur.len = std::max(cur.off + cur.len, r.off + r.len) - cur.off;
-    } else {
-      emit(cur, false);
-      cur = r;
-    }
-  }
-  emit(cur, true);
-  dead_.clear();
-  if (holes.empty()) return;
-  fx.calls.emplace_back([f = file_, holes = std::move(holes), store = spill_store_] {
-    for (const FileRun& h : holes) {
-      if (!store->punching()) return;
-      if (const int err = f->punch(h.off, h.len); err != 0) store->punch_failed(err);
-    }
-  });
-}
-
-void Stream::maybe_drop_file(Effects& fx) {
-  if (!file_ || !spill_.empty() || file_io_ != 0 || opening_) return;
-  dead_.clear();
-  punch_tail_ = FileRun{};
-  file_alloc_ = 0;
-  fx.calls.emplace_back([f = std::move(file_)] {});  // closed outside the lock
-}
-
-void Stream::copy_now(std::uint64_t pos, std::span<std::byte> out,
-                      std::vector<SpillMap::Piece>* file) const {
-  const std::uint64_t me = mem_end();
-  std::size_t done = 0;
-  if (pos < me) {
-    done = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), me - pos));
-    queue_.peek(static_cast<std::size_t>(pos - base_), out.first(done));
-  }
-  if (done == out.size()) return;
-  const std::size_t first = file->size();
-  spill_.pieces(pos + done, out.size() - done, file);
-  auto keep = file->begin() + static_cast<std::ptrdiff_t>(first);
-  for (auto it = keep; it != file->end(); ++it) {
-    if (it->foff == SpillMap::kZeros) {
-      std::memset(out.data() + (it->off - pos), 0, static_cast<std::size_t>(it->len));
-    } else {
-      *keep++ = *it;
-    }
-  }
-  file->erase(keep, file->end());
-}
-
-void Stream::pin() {
-  ++pins_;
-  ++file_io_;
-}
-
-void Stream::unpin(Effects& fx) {
-  --pins_;
-  --file_io_;
-  if (pins_ == 0) flush_dead(fx);
-  maybe_drop_file(fx);
-}
-
-void Stream::read_failed(int err, Effects& fx) {
-  log::error("cannot read spilled bytes back from the spill file in {}: {}", spill_store_->dir(),
-             std::strerror(err));
-  if (abort_reason_.empty())
-    abort_reason_ = fmt::format("its spilled bytes could not be read back: {}", std::strerror(err));
-  abort_errno_ = EIO;
-  discard(fx);
 }
 
 void Stream::park_key(WaitKey key) { parking_.add(key, shared_from_this()); }
@@ -656,24 +245,19 @@ void Stream::progress(Effects& fx, const Fresh* fresh) {
       } else if (what == Serve::Data) {
         // Not zero-filled: copy_now() and read_file() overwrite all n bytes.
         std::shared_ptr<std::byte[]> v = std::make_shared_for_overwrite<std::byte[]>(n);
-        std::vector<SpillMap::Piece> pieces;
-        copy_now(rd.pos, {v.get(), n}, &pieces);
-        if (pieces.empty()) {
+        TierRead r = begin_read(rd.pos, {v.get(), n});
+        if (!r.file) {
           fx.calls.emplace_back([done = std::move(rd.done), v = std::move(v), n] {
             done(std::span<const std::byte>(v.get(), n));
           });
         } else {
           // The rest comes from the spill file, read once no lock is held.
-          pin();
-          fx.calls.emplace_back([self = shared_from_this(), f = file_, pieces = std::move(pieces),
-                                 pos = rd.pos, v = std::move(v), n, done = std::move(rd.done)] {
-            const int err = read_file(*f, pos, pieces, {v.get(), n});
+          fx.calls.emplace_back([self = shared_from_this(), r = std::move(r), v = std::move(v), n,
+                                 done = std::move(rd.done)]() mutable {
             Effects later;
-            {
-              std::lock_guard lk(self->mu_);
-              self->unpin(later);
-              if (err != 0) self->read_failed(err, later);
-            }
+            std::unique_lock lk(self->mu_, std::defer_lock);
+            const int err = self->finish_read(lk, r, later);
+            lk.unlock();
             if (err != 0) done(Errno{EIO});
             else done(std::span<const std::byte>(v.get(), n));
             settle(std::move(later));
@@ -744,27 +328,21 @@ Pull Stream::pull(std::size_t max, std::vector<std::byte> reuse) {
     // reallocated nor zero-filled again while chunks keep their size.
     p.bytes = std::move(reuse);
     p.bytes.resize(n);
-    std::vector<SpillMap::Piece> pieces;
-    copy_now(delivered_, p.bytes, &pieces);
+    TierRead r = begin_read(delivered_, p.bytes);
     delivered_ += n;
-    if (pieces.empty()) return p;
+    if (!r.file) return p;
     // From the spill file, unlocked; the pieces are pinned meanwhile.
-    std::shared_ptr<SpillFile> f = file_;
-    pin();
-    lk.unlock();
-    const int err = read_file(*f, p.offset, pieces, p.bytes);
     Effects fx;
-    lk.lock();
-    unpin(fx);
+    const int err = finish_read(lk, r, fx);
     if (err == 0) {
       lk.unlock();
       settle(std::move(fx));
       return p;
     }
-    read_failed(err, fx);  // aborted: its end is what there is to pull now
+    // Aborted (finish_read): its end is what there is to pull now.
     p = Pull{};
     lk.unlock();
-    f.reset();  // may be the last reference: closes unlocked
+    r.file.reset();  // may be the last reference: closes unlocked
     settle(std::move(fx));
     lk.lock();
     if (!push_ || close_sent_) return p;
@@ -858,7 +436,7 @@ Outcome<std::size_t> Stream::write(std::uint64_t off, std::span<const std::byte>
         // handed to a settle() further up this thread's stack, which runs
         // it only after this write's caller has returned.
         const Fresh fresh{off, data.first(std::min(data.size(), r.ok() ? r.value() : 0))};
-        progress(fx, r.ok() && running == nullptr ? &fresh : nullptr);
+        progress(fx, r.ok() && !settling() ? &fresh : nullptr);
       }
       return r;
     }
@@ -900,7 +478,7 @@ Outcome<std::span<const std::byte>> Stream::read(std::uint64_t pos, std::size_t 
   thread_local std::vector<SpillMap::Piece> pieces;
   using R = Result<std::span<const std::byte>>;
 
-  std::shared_ptr<SpillFile> f;  // declared first: dropped after unlocking
+  TierRead r;  // declared first: its file is dropped after unlocking
   std::unique_lock lk(mu_);
   // Two rounds: freeing what the reader moved past may let a parked write
   // of this stream in, which brings the bytes this read waits for.
@@ -911,28 +489,19 @@ Outcome<std::span<const std::byte>> Stream::read(std::uint64_t pos, std::size_t 
     }
     std::size_t n = 0;
     switch (prepare_read(pos, size, &n, fx)) {
-      case Serve::Data:
+      case Serve::Data: {
         if (buf_cap < n) {
           buf.reset(new std::byte[n]);
           buf_cap = n;
         }
-        pieces.clear();
-        copy_now(pos, {buf.get(), n}, &pieces);
+        r = begin_read(pos, {buf.get(), n}, std::move(pieces));
         progress(fx);  // our own parked writers may fit now
-        if (!pieces.empty()) {
-          // From the spill file, unlocked; the pieces are pinned meanwhile.
-          f = file_;
-          pin();
-          lk.unlock();
-          const int err = read_file(*f, pos, pieces, {buf.get(), n});
-          lk.lock();
-          unpin(fx);
-          if (err != 0) {
-            read_failed(err, fx);
-            return R(Errno{EIO});
-          }
-        }
+        // From the spill file, unlocked; the pieces are pinned meanwhile.
+        const int err = r.file ? finish_read(lk, r, fx) : 0;
+        pieces = std::move(r.pieces);
+        if (err != 0) return R(Errno{EIO});
         return R(std::span<const std::byte>(buf.get(), n));
+      }
       case Serve::Eof:
         return R(std::span<const std::byte>{});
       case Serve::Error:
@@ -950,7 +519,7 @@ Outcome<std::span<const std::byte>> Stream::read(std::uint64_t pos, std::size_t 
 Result<std::span<const std::byte>> Stream::read_back(std::uint64_t pos, std::size_t size) {
   thread_local std::vector<std::byte> buf;
   thread_local std::vector<SpillMap::Piece> pieces;
-  std::shared_ptr<SpillFile> f;  // declared first: dropped after unlocking
+  TierRead r;  // declared first: its file is dropped after unlocking
   Effects fx;
   Result<std::span<const std::byte>> out = std::span<const std::byte>{};
   {
@@ -959,21 +528,10 @@ Result<std::span<const std::byte>> Stream::read_back(std::uint64_t pos, std::siz
     if (pos >= end()) return std::span<const std::byte>{};
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(size, end() - pos));
     if (buf.size() < n) buf.resize(n);
-    pieces.clear();
-    copy_now(pos, {buf.data(), n}, &pieces);
+    r = begin_read(pos, {buf.data(), n}, std::move(pieces));
     out = std::span<const std::byte>(buf.data(), n);
-    if (!pieces.empty()) {
-      f = file_;
-      pin();
-      lk.unlock();
-      const int err = read_file(*f, pos, pieces, {buf.data(), n});
-      lk.lock();
-      unpin(fx);
-      if (err != 0) {
-        read_failed(err, fx);
-        out = Errno{EIO};
-      }
-    }
+    if (r.file && finish_read(lk, r, fx) != 0) out = Errno{EIO};
+    pieces = std::move(r.pieces);
   }
   settle(std::move(fx));
   return out;
@@ -1046,62 +604,6 @@ void Stream::fail_parked(int err, Effects& fx) {
   }
   writes_.clear();
   reads_.clear();
-}
-
-WaitReason Stream::wait_reason() const {
-  if (writes_.empty()) return WaitReason::none;
-  return noroom_ == WaitReason::none ? WaitReason::memory : noroom_;
-}
-
-Stall Stream::check_stall(std::int64_t now_ns, std::int64_t stall_ns, Effects& fx) {
-  std::lock_guard lk(mu_);
-  Stall out;
-  if (reported_since_ != 0 &&
-      std::none_of(writes_.begin(), writes_.end(),
-                   [&](const PendingWrite& w) { return w.since_ns == reported_since_; })) {
-    out.kind = Stall::Kind::Resumed;
-    out.waited_ns = now_ns - reported_since_;
-    reported_since_ = 0;
-    return out;
-  }
-  if (stall_ns <= 0 || writes_.empty()) return out;
-  const PendingWrite& w = writes_.front();
-  // Unarmed, or its bytes are on their way to the spill file, or the file
-  // is being opened for it: it is moving.
-  if (!w.armed || w.in_flight != 0 || opening_) return out;
-  const std::int64_t since = w.since_ns;
-  if (now_ns - since < stall_ns) return out;
-  out.on = wait_reason();
-  out.waited_ns = now_ns - since;
-  if (spill_store_ == nullptr) {  // --no-spill: pure backpressure, reported once
-    if (reported_since_ == since) return Stall{};
-    reported_since_ = since;
-    out.kind = Stall::Kind::Waiting;
-    return out;
-  }
-  if (!stalled_ && (reader_ || push_)) {
-    // Its consumer made no room in time: spill as if it had none.
-    stalled_ = true;
-    progress(fx);
-    out.kind = Stall::Kind::Spilling;
-    if (writes_.empty() || writes_.front().since_ns != since) return out;
-    const PendingWrite& again = writes_.front();
-    if (again.in_flight != 0 || opening_) return out;  // on its way to the file
-    out.on = wait_reason();
-  }
-  // Nothing can take the bytes (the spill limit is reached, the disk is
-  // full, or the write is larger than the limit): fail like a full disk.
-  out.kind = Stall::Kind::Failed;
-  if (abort_reason_.empty()) {
-    abort_reason_ = fmt::format(
-        "no space: a write waited {:.1f} s and the spill tier could not take it ({})",
-        static_cast<double>(out.waited_ns) / 1e9,
-        spill_blocked() ? "the spill disk is full or no spill file could be opened"
-                        : fmt::format("spill limit {} bytes reached", spill_store_->limit()));
-  }
-  abort_errno_ = ENOSPC;
-  discard(fx);
-  return out;
 }
 
 void Stream::discard(Effects& fx) {

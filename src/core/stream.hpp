@@ -58,33 +58,21 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <span>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "core/budget.hpp"
 #include "core/byte_queue.hpp"
+#include "core/effects.hpp"
+#include "core/parking.hpp"
 #include "core/sink.hpp"
 #include "core/spill.hpp"
 #include "core/types.hpp"
 
 namespace capturefs::core {
-
-class Parking;
-
-/// \brief Work to do once no lock is held: callbacks to run and streams
-/// to pump because memory was released.
-struct Effects {
-  std::vector<std::function<void()>> calls;
-  std::vector<std::weak_ptr<Stream>> woken;
-  void merge_woken(std::vector<std::weak_ptr<Stream>> w);
-};
-
-/// \brief Runs the callbacks and pumps woken streams until nothing is left.
-/// Call with no core lock held.
-void settle(Effects&& fx);
-
-enum class Role : std::uint8_t { Writer, Reader };
 
 /// \brief Where a stream with a push consumer signals that it has something
 /// to deliver (data, or its end). Implemented by Subscription. Called with
@@ -368,6 +356,23 @@ class Stream : public std::enable_shared_from_this<Stream> {
   void copy_now(std::uint64_t pos, std::span<std::byte> out, std::vector<SpillMap::Piece>* file) const;
   void pin();
   void unpin(Effects& fx);
+  // A read of [pos, pos + out.size()) from both tiers: every read of the
+  // tiers (a parked or immediate consumer read, a pull, a read-back) is
+  // begin_read() under mu_, which copies the memory part (copy_now()) and
+  // pins the file pieces, then, if `file` is set, finish_read(), which
+  // pread()s them with mu_ unlocked and unpins them under mu_ again.
+  struct TierRead {
+    std::shared_ptr<SpillFile> file;      // set while pieces are pinned
+    std::uint64_t pos = 0;
+    std::span<std::byte> out;
+    std::vector<SpillMap::Piece> pieces;  // still to read from file
+  };
+  // Under mu_. `scratch`: storage for the pieces (a caller's reused vector).
+  TierRead begin_read(std::uint64_t pos, std::span<std::byte> out,
+                      std::vector<SpillMap::Piece> scratch = {});
+  // For r.file set; entered with lk (on mu_) held or not, returns with it
+  // held. 0, or the pread()'s errno: the stream is aborted (read_failed()).
+  int finish_read(std::unique_lock<std::mutex>& lk, TierRead& r, Effects& fx);
   // A pread() of the spill file failed: the bytes are lost, the stream is aborted.
   void read_failed(int err, Effects& fx);
   // Consumes (frees) everything before pos, in both tiers.
@@ -458,26 +463,6 @@ class Stream : public std::enable_shared_from_this<Stream> {
   std::vector<WriterPid> writer_pids_;  // one per writer handle (note_writer)
   std::deque<PendingWrite> writes_;
   std::deque<PendingRead> reads_;
-};
-
-/// \brief Knows every parked op: its stream by key (for cancel()), and the
-/// streams that hold any (for fail_parked() at shutdown).
-class Parking {
- public:
-  void add(WaitKey key, const std::shared_ptr<Stream>& s);
-  void remove(WaitKey key, const Stream* s);
-  std::shared_ptr<Stream> find(WaitKey key) const;
-  std::vector<std::shared_ptr<Stream>> all() const;
-
- private:
-  // Lock order: innermost (taken under Stream::mu_). Calls nothing.
-  mutable std::mutex mu_;
-  std::unordered_map<WaitKey, std::weak_ptr<Stream>> keys_;  // key != 0 only
-  struct Held {
-    std::weak_ptr<Stream> stream;
-    std::size_t ops = 0;
-  };
-  std::unordered_map<const Stream*, Held> streams_;
 };
 
 }  // namespace capturefs::core

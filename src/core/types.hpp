@@ -74,6 +74,9 @@ struct DirEntry {
   Kind kind = Kind::Stream;
 };
 
+/// \brief How an open file uses its stream: writing, or consuming.
+enum class Role : std::uint8_t { Writer, Reader };
+
 /// \brief Identifies a parked operation so that a front end can cancel it
 /// (FUSE uses the request handle). 0 means "not cancellable".
 using WaitKey = std::uintptr_t;

@@ -15,6 +15,32 @@
 // Lock order: Volume::tree_mu_ -> Stream::mu_ -> {Budget::mu_ (memory),
 // Budget::mu_ (spill), Parking::mu_}. No syscall on a spill file runs under
 // any of them (stream.hpp, SPILLING).
+//
+// LOCK GRAPH (every mutex in src/; A -> B: B may be taken while A is held;
+// no other nesting exists; each mutex also states this where it is declared)
+//
+//   core (no core lock is held while a FUSE reply is sent, a Sink or
+//   Observer is called, or a parked op completes: Effects, effects.hpp)
+//     Volume::tree_mu_ -> Stream::mu_
+//     Volume::tree_mu_ -> Subscription::mu_          (adopt, renames)
+//     Stream::mu_ -> Budget::mu_ (memory)
+//     Stream::mu_ -> Budget::mu_ (spill)
+//     Stream::mu_ -> Parking::mu_
+//       the last three are leaves, never held together
+//     PidfdExitWatch::mu_ (exit_watch.cpp)            leaf
+//   fuse (calls the Volume with none of its locks held)
+//     Adapter::handles_mu_                            leaf
+//     Notifier::mu_ (session.cpp)                     leaf
+//   lib
+//     Trimmer::mu_, Mount::Impl::mu (mount.cpp)       leaves
+//   server (none taken under a core lock: sinks and observers are called
+//   unlocked; see src/server/conn.hpp)
+//     Conn::wmu_ -> ConsumerSink::mu_
+//     ConsumerSink::mu_ -> Subscription::mu_, then Stream::mu_, one at a
+//       time (Subscription::due_ids, late_renames_pending)
+//     Conn::kmu_, ObserverQueue::mu_, Server::Impl::mu leaves
+//   cli (--exec)
+//     ExecRunner::stop_mu_ -> ExecRunner::mu_ -> ExecHistory::mu_
 #pragma once
 
 #include <atomic>
@@ -29,13 +55,20 @@
 #include <vector>
 
 #include "core/budget.hpp"
-#include "core/delivery.hpp"
-#include "core/exit_watch.hpp"
-#include "core/spill.hpp"
-#include "core/stream.hpp"
+#include "core/effects.hpp"
+#include "core/parking.hpp"
+#include "core/sink.hpp"
 #include "core/types.hpp"
 
 namespace capturefs::core {
+
+// Forward declarations keep this header light: its users include what they
+// use (stream.hpp, delivery.hpp, exit_watch.hpp, spill.hpp).
+class ExitWatch;
+class PushTarget;
+class SpillStore;
+class Stream;
+class Subscription;
 
 /// \brief An open file: which stream, and in which role. Owned by the front
 /// end from open() to release().
@@ -232,8 +265,8 @@ class Volume {
   std::size_t memory_peak() const { return budget_.peak(); }
   /// Bytes in spill files now (streams' spill tiers and writes in flight to
   /// them) and at most so far; 0 without spilling.
-  std::size_t spill_used() const { return policy_.spill ? policy_.spill->budget().used() : 0; }
-  std::size_t spill_peak() const { return policy_.spill ? policy_.spill->budget().peak() : 0; }
+  std::size_t spill_used() const;
+  std::size_t spill_peak() const;
 
  private:
   struct Node {
@@ -308,8 +341,9 @@ class Volume {
   Budget budget_;
   Parking parking_;
 
-  // Lock order: tree_mu_ -> Stream::mu_ -> {Budget::mu_ (memory, spill),
-  // Parking::mu_} (see the top of this file).
+  // Lock order: taken first, with no other lock held; tree_mu_ ->
+  // Stream::mu_ -> {Budget::mu_ (memory, spill), Parking::mu_}, and
+  // tree_mu_ -> Subscription::mu_ (the graph: the top of this file).
   mutable std::mutex tree_mu_;
   std::unordered_map<Ino, NodePtr> nodes_;
   Ino next_ino_ = kRootIno + 1;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "core/stream.hpp"
 #include "core/volume.hpp"
 
 namespace capturefs::core {

@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
   sigaddset(&stop, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
-  std::mutex mu;
+  std::mutex mu;  // guards counts; a leaf, taken in the callbacks (no capturefs lock is held there)
   std::map<std::uint64_t, Count> counts;
   capturefs::Callbacks cb;
   cb.on_open = [&](const capturefs::StreamOpen& o) {

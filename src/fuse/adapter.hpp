@@ -50,7 +50,8 @@ class Adapter {
  private:
   core::Volume& vol_;
   const std::vector<std::pair<std::string, std::string>> root_xattrs_;
-  // Leaf lock: held only to insert or erase, never across a Volume call.
+  // Leaf lock: held only to insert or erase, never across a Volume call;
+  // taken with no other lock held.
   std::mutex handles_mu_;
   std::unordered_set<core::Handle*> handles_;
   std::unordered_map<DirHandle*, std::unique_ptr<DirHandle>> dirs_;  // same lock

@@ -76,7 +76,10 @@ class Notifier {
     }
   }
   fuse_session* const se_;
-  std::mutex mu_;  // guards q_ and stop_; leaf
+  // Guards q_ and stop_. Lock order: a leaf; taken with no other lock held
+  // (the Volume's name-gone callback runs unlocked), and dropped around
+  // fuse_lowlevel_notify_delete.
+  std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Item> q_;
   bool stop_ = false;

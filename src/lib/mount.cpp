@@ -15,6 +15,7 @@
 
 #include "capturefs/capturefs.hpp"
 #include "core/delivery.hpp"
+#include "core/exit_watch.hpp"
 #include "core/log.hpp"
 #include "core/spill.hpp"
 #include "core/trim.hpp"
@@ -198,7 +199,7 @@ class Housekeeper {
   }
   core::Volume& vol_;
   const std::chrono::milliseconds tick_;
-  std::mutex mu_;  // guards stop_; leaf
+  std::mutex mu_;  // guards stop_; lock order: a leaf, never held across a Volume call
   std::condition_variable cv_;
   bool stop_ = false;
   std::thread thread_;  // last: starts once the rest is set up
@@ -221,7 +222,7 @@ struct Mount::Impl {
   std::mutex commands_mu;  // guards `commands`; leaf, never held across a call of it
   std::shared_ptr<const std::function<std::vector<CommandStatus>()>> commands;
   std::thread server;
-  std::mutex mu;  // guards `unmounted`; leaf
+  std::mutex mu;  // guards `unmounted`; lock order: a leaf, released before stopping anything
   bool unmounted = false;
 
   void start_sockets();

@@ -20,6 +20,10 @@
 #include <variant>
 #include <vector>
 
+#include "core/delivery.hpp"
+#include "core/exit_watch.hpp"
+#include "core/spill.hpp"
+#include "core/stream.hpp"
 #include "core/volume.hpp"
 
 namespace capturefs::test {
