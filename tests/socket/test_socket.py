@@ -271,7 +271,8 @@ class NeverHangTest(MountCase):
     def test_capture_of_an_output_far_above_max_stream_returns_every_byte(self):
         mib = int(os.environ.get("CAPTUREFS_CAPTURE_MIB", "200"))
         src = os.path.join(self.d.root, "big.bin")
-        subprocess.run(["head", "-c", str(mib << 20), "/dev/urandom"], stdout=open(src, "wb"), check=True)
+        with open(src, "wb") as out:
+            subprocess.run(["head", "-c", str(mib << 20), "/dev/urandom"], stdout=out, check=True)
         with open(src, "rb") as f:
             want = hashlib.sha256(f.read()).hexdigest()
         t0 = time.monotonic()
