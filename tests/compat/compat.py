@@ -73,6 +73,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC_ROOT = os.environ.get("CAPTUREFS_SRC") or os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(SRC_ROOT, "python"))
 from capturefs import protocol as P  # noqa: E402
+sys.path.insert(0, os.path.join(SRC_ROOT, "tests", "support"))
+import capturefs_mount  # noqa: E402  (the mount fixture)
 
 CAPTUREFS = os.environ.get("CAPTUREFS", "")
 PY = sys.executable
@@ -301,15 +303,7 @@ def write(path: str, data: bytes) -> None:
 
 
 def fuse_unavailable() -> Optional[str]:
-    if not CAPTUREFS:
-        return "CAPTUREFS is not set (run through meson test, or set it to build/capturefs)"
-    if not os.access(CAPTUREFS, os.X_OK):
-        return "CAPTUREFS=%s is not executable" % CAPTUREFS
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is not installed"
-    return None
+    return capturefs_mount.fuse_unavailable(CAPTUREFS)
 
 
 def fs_type(path: str) -> str:
@@ -357,86 +351,12 @@ def unsupported_flag(flags: Sequence[str]) -> Optional[str]:
 # ------------------------------------------------------------------ the daemon
 
 
-class Daemon:
-    """`capturefs mount MNT -f --ready-fd N --socket SOCK FLAGS...` in a temp dir."""
+class Daemon(capturefs_mount.Daemon):
+    """`capturefs mount MNT -f --ready-fd N --socket SOCK FLAGS...` in a temp
+    dir (tests/support/capturefs_mount.py)."""
 
     def __init__(self, flags: Sequence[str]) -> None:
-        self.root = tempfile.mkdtemp(prefix="capturefs-compat.")
-        self.mnt = os.path.join(self.root, "mnt")
-        os.mkdir(self.mnt)
-        self.sock = os.path.join(self.root, "capturefs.sock")
-        self.err_path = os.path.join(self.root, "daemon.err")
-        r, w = os.pipe()
-        with open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen([CAPTUREFS, "mount", self.mnt, "-f", "--ready-fd", str(w),
-                                          "--socket", self.sock, *flags],
-                                         pass_fds=[w], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=err)
-        os.close(w)
-        got = b""
-        deadline = time.monotonic() + WAIT
-        while b"\n" not in got and time.monotonic() < deadline:
-            ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                continue
-            chunk = os.read(r, 64)
-            if not chunk:
-                break
-            got += chunk
-        os.close(r)
-        if got != b"ready\n":
-            self.proc.kill()
-            self.proc.wait()
-            why = self.stderr()
-            shutil.rmtree(self.root, ignore_errors=True)
-            raise RuntimeError("capturefs mount %s failed (ready fd gave %r); stderr:\n%s"
-                               % (" ".join(flags), got, why))
-
-    def stderr(self) -> str:
-        try:
-            with open(self.err_path, "rb") as f:
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, keep: bool = False) -> str:
-        """Unmounts and reaps the daemon; returns what went wrong ("" if nothing)."""
-        problems = []
-        why = ""
-        for _ in range(100):
-            r = subprocess.run(["fusermount3", "-u", self.mnt], capture_output=True, text=True)
-            if r.returncode == 0:
-                why = ""
-                break
-            why = r.stderr.strip()
-            if "busy" not in why:
-                break
-            time.sleep(0.05)  # a file still being released (retry guard, not synchronisation)
-        if why:
-            problems.append("fusermount3 -u: %s" % why)
-        try:
-            rc = self.proc.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-            problems.append("the daemon did not exit after the unmount (killed)")
-        if rc != 0:
-            problems.append("the daemon exited with status %d" % rc)
-        if os.path.ismount(self.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
-            problems.append("still mounted after the daemon exited (lazily unmounted)")
-        if problems:
-            problems.append("daemon stderr:\n" + indent(self.stderr() or "(empty)"))
-        if not keep and not os.path.ismount(self.mnt):
-            shutil.rmtree(self.root, ignore_errors=True)
-        return "\n".join(problems)
-
-    def kill(self) -> None:
-        """After a hang: unmount lazily, kill our daemon, reap it."""
-        subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        super().__init__(CAPTUREFS, *flags, prefix="capturefs-compat.", wait=WAIT)
 
 
 # ---------------------------------------------------------- the live consumer

@@ -64,12 +64,6 @@ elif sys.argv[1] == "until-error":
 
 }  // namespace
 
-std::optional<std::string> dev_fuse_missing() {
-  struct stat st{};
-  if (::stat("/dev/fuse", &st) != 0) return "skipped: /dev/fuse is missing (" + errno_string(errno) + ")";
-  return std::nullopt;
-}
-
 // ---------------------------------------------------------------- LibMount
 
 LibMount::LibMount(capturefs::Options opt) : dir_("capturefs-lib") {

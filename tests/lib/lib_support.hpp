@@ -21,20 +21,12 @@
 #include <vector>
 
 #include "capturefs/capturefs.hpp"
+#include "fuse.hpp"
 #include "mount_fixture.hpp"
 #include "proc_util.hpp"
 #include "sha256.hpp"
 
 namespace capturefs::test {
-
-/// Why a library mount cannot work here (only /dev/fuse is needed: the
-/// tests run as root, and libfuse then mounts and unmounts by itself).
-std::optional<std::string> dev_fuse_missing();
-
-#define CAPTUREFS_REQUIRE_DEV_FUSE()                                                \
-  do {                                                                              \
-    if (auto why_ = ::capturefs::test::dev_fuse_missing()) GTEST_SKIP() << *why_;   \
-  } while (0)
 
 /// \brief A capturefs::Mount (the library's) on `TEMP/mnt`, serving at once.
 /// Unmounted before the temp dir goes.

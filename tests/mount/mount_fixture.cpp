@@ -25,28 +25,11 @@ namespace {
 
 constexpr int kReadyFd = 5;  // not 3: catches a daemon that assumes the first free fd
 
-bool in_path(const std::string& exe) {
-  const char* path = std::getenv("PATH");
-  std::istringstream dirs(path ? path : "/usr/bin:/bin");
-  std::string d;
-  while (std::getline(dirs, d, ':')) {
-    if (!d.empty() && ::access((d + "/" + exe).c_str(), X_OK) == 0) return true;
-  }
-  return false;
-}
-
 std::string tail(const std::string& s, std::size_t n = 6000) {
   return s.size() > n ? "..." + s.substr(s.size() - n) : s;
 }
 
 }  // namespace
-
-std::optional<std::string> fuse_unavailable_reason() {
-  struct stat st{};
-  if (::stat("/dev/fuse", &st) != 0) return "skipped: /dev/fuse is missing (" + errno_string(errno) + ")";
-  if (!in_path("fusermount3")) return std::string("skipped: fusermount3 is not installed (package fuse3)");
-  return std::nullopt;
-}
 
 std::string capturefs_binary() {
   const char* b = std::getenv("CAPTUREFS");
@@ -68,32 +51,6 @@ std::string helper_script(std::string_view name) {
 std::vector<std::string> python_helper(std::string_view name) {
   // -B: never write __pycache__ into the source tree.
   return {"python3", "-B", helper_script(name)};
-}
-
-// ---------------------------------------------------------------- TempDir
-
-TempDir::TempDir(std::string_view prefix) {
-  std::string tmpl = "/tmp/" + std::string(prefix) + ".XXXXXX";
-  if (::mkdtemp(tmpl.data()) == nullptr) {
-    throw std::runtime_error("mkdtemp " + tmpl + ": " + errno_string(errno));
-  }
-  path_ = tmpl;
-}
-
-TempDir::~TempDir() {
-  // Never recurse into a live mount: that would empty it, or hang on a
-  // broken one.
-  std::ifstream mounts("/proc/self/mounts");
-  std::string line;
-  while (std::getline(mounts, line)) {
-    if (line.find(" " + path_ + "/") != std::string::npos || line.find(" " + path_ + " ") != std::string::npos) {
-      ADD_FAILURE() << "not removing " << path_ << ": still mounted below it: " << line;
-      return;
-    }
-  }
-  std::error_code ec;
-  fs::remove_all(path_, ec);
-  if (ec) ADD_FAILURE() << "removing " << path_ << ": " << ec.message();
 }
 
 // ---------------------------------------------------------------- Mount

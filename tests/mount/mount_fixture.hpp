@@ -22,18 +22,11 @@
 #include <string_view>
 #include <vector>
 
+#include "fuse.hpp"
 #include "proc_util.hpp"
+#include "temp_dir.hpp"
 
 namespace capturefs::test {
-
-/// \brief Why these tests cannot run here, or nullopt if they can.
-std::optional<std::string> fuse_unavailable_reason();
-
-/// Skips the current test when FUSE is unusable on this machine.
-#define CAPTUREFS_REQUIRE_FUSE()                                                   \
-  do {                                                                             \
-    if (auto why_ = ::capturefs::test::fuse_unavailable_reason()) GTEST_SKIP() << *why_; \
-  } while (0)
 
 /// \brief True when this build is instrumented (ASan/TSan/...): the
 /// daemon, built the same way, then has inflated memory use (shadow
@@ -57,21 +50,6 @@ std::string capturefs_binary();
 std::string helper_script(std::string_view name);
 /// \brief {"python3", "-B", helper_script(name)}.
 std::vector<std::string> python_helper(std::string_view name);
-
-/// \brief A private temp dir (mkdtemp under /tmp), removed recursively on
-/// destruction unless something is still mounted below it.
-class TempDir {
- public:
-  explicit TempDir(std::string_view prefix = "capturefs-test");
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string at(std::string_view name) const { return path_ + "/" + std::string(name); }
-
- private:
-  std::string path_;
-};
 
 class Mount {
  public:

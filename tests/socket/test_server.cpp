@@ -19,6 +19,7 @@
 #include "server/server.hpp"
 #include "server/text.hpp"
 #include "socket_client.hpp"
+#include "temp_dir.hpp"
 
 namespace capturefs::test {
 namespace {
@@ -31,23 +32,6 @@ std::span<const std::byte> bytes_of(std::string_view s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
 std::string str(const std::vector<std::byte>& b) { return {reinterpret_cast<const char*>(b.data()), b.size()}; }
-
-class TempDir {
- public:
-  TempDir() {
-    std::string t = "/tmp/capturefs-server.XXXXXX";
-    if (::mkdtemp(t.data()) == nullptr) throw std::runtime_error("mkdtemp");
-    path_ = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string at(const std::string& n) const { return path_ + "/" + n; }
-
- private:
-  std::string path_;
-};
 
 /// A writer of one stream through the Volume API.
 class Writer {
@@ -118,7 +102,7 @@ class ServerTest : public ::testing::Test {
     srv->start();
   }
 
-  TempDir dir;
+  TempDir dir{"capturefs-server"};
   std::string sock = dir.at("s.sock");
   core::Volume vol{core::Limits{}};
   std::unique_ptr<server::Server> srv;
@@ -127,7 +111,7 @@ class ServerTest : public ::testing::Test {
 // ---------------------------------------------------------------- listener
 
 TEST(Listener, IsCreatedWithMode0600AndRemovedOnClose) {
-  TempDir d;
+  TempDir d("capturefs-server");
   std::string err;
   auto l = server::Listener::open(d.at("a.sock"), &err);
   ASSERT_TRUE(l) << err;
@@ -140,7 +124,7 @@ TEST(Listener, IsCreatedWithMode0600AndRemovedOnClose) {
 }
 
 TEST(Listener, ReplacesAStaleSocketAndRefusesALiveOne) {
-  TempDir d;
+  TempDir d("capturefs-server");
   std::string err;
   auto first = server::Listener::open(d.at("a.sock"), &err);
   ASSERT_TRUE(first) << err;
@@ -159,7 +143,7 @@ TEST(Listener, ReplacesAStaleSocketAndRefusesALiveOne) {
 }
 
 TEST(Listener, RefusesAFileThatIsNotASocketAndOverlongPaths) {
-  TempDir d;
+  TempDir d("capturefs-server");
   std::ofstream(d.at("file")) << "keep me";
   std::string err;
   EXPECT_FALSE(server::Listener::open(d.at("file"), &err));

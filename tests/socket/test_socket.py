@@ -29,80 +29,20 @@ from capturefs import protocol as P
 
 CAPTUREFS = os.environ.get("CAPTUREFS", "")
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "support"))
+import capturefs_mount  # noqa: E402  (tests/support: the mount fixture)
 
 
 def fuse_unavailable():
-    if not CAPTUREFS:
-        return "CAPTUREFS is not set (run through meson test)"
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is not installed"
-    return None
+    return capturefs_mount.fuse_unavailable(CAPTUREFS)
 
 
-class Daemon:
-    """`capturefs mount MNT -f --socket SOCK` in a private temp dir."""
+class Daemon(capturefs_mount.Daemon):
+    """`capturefs mount MNT -f --socket SOCK` in a private temp dir that
+    another user can reach (tests/support/capturefs_mount.py)."""
 
     def __init__(self, *extra):
-        self.root = tempfile.mkdtemp(prefix="capturefs-pysock.")
-        os.chmod(self.root, 0o755)  # so that another user can reach the socket (its own mode still applies)
-        self.mnt = os.path.join(self.root, "mnt")
-        os.mkdir(self.mnt)
-        self.sock = os.path.join(self.root, "capturefs.sock")
-        self.err_path = os.path.join(self.root, "daemon.err")
-        r, w = os.pipe()
-        with open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen([CAPTUREFS, "mount", self.mnt, "-f", "--ready-fd", str(w),
-                                          "--socket", self.sock, *extra],
-                                         pass_fds=[w], stdout=subprocess.DEVNULL, stderr=err)
-        os.close(w)
-        got = b""
-        deadline = time.monotonic() + 30
-        while b"\n" not in got and time.monotonic() < deadline:
-            ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                continue
-            chunk = os.read(r, 64)
-            if not chunk:
-                break
-            got += chunk
-        os.close(r)
-        if got != b"ready\n":
-            self.proc.kill()
-            self.proc.wait()
-            raise RuntimeError("capturefs mount failed: %r; stderr:\n%s" % (got, self.stderr()))
-
-    def stderr(self):
-        with open(self.err_path, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def at(self, name):
-        return os.path.join(self.mnt, name)
-
-    def stop(self):
-        """Unmounts; returns what went wrong ("" if nothing)."""
-        for _ in range(50):
-            r = subprocess.run(["fusermount3", "-u", self.mnt], capture_output=True, text=True)
-            if r.returncode == 0 or "busy" not in r.stderr:
-                break
-            time.sleep(0.1)  # a closing file may still be releasing (retry guard, not synchronisation)
-        try:
-            rc = self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-        problems = []
-        if rc != 0:
-            problems.append("the daemon exited with %d; stderr:\n%s" % (rc, self.stderr()))
-        if os.path.lexists(self.sock):
-            problems.append("the daemon left its socket %s behind" % self.sock)
-        if os.path.ismount(self.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", self.mnt])
-            problems.append("still mounted after the daemon exited")
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
-        return "\n".join(problems)
+        super().__init__(CAPTUREFS, *extra, prefix="capturefs-pysock.", world_reachable=True)
 
 
 class MountCase(unittest.TestCase):
