@@ -428,8 +428,24 @@ int run_umount(const std::string& mountpoint, bool lazy, bool no_wait) {
   if (pidfd >= 0) {
     if (const auto where = locate(abs)) sock = where->socket;
   }
+  // Observed from before the unmount: the streams the daemon discards.
+  std::unique_ptr<DiscardWatch> discards;
+  if (!sock.empty()) discards = std::make_unique<DiscardWatch>(sock);
   auto done = [&] {
-    if (pidfd >= 0) wait_for_daemon(pidfd, daemon, mountpoint, sock);
+    if (pidfd < 0) return 0;
+    wait_for_daemon(pidfd, daemon, mountpoint, sock);
+    if (!discards) return 0;
+    const auto gone = discards->finish();
+    if (gone.empty()) return 0;
+    std::uint64_t total = 0;
+    std::string names;
+    for (std::size_t i = 0; i < gone.size(); ++i) {
+      total += gone[i].second;
+      if (i < 20) names += (i == 0 ? "" : ", ") + log_quote(gone[i].first);
+    }
+    if (gone.size() > 20) names += fmt::format(" and {} more", gone.size() - 20);
+    std::fprintf(stderr, "capturefs umount: %zu unread stream%s (%s) discarded: %s\n", gone.size(),
+                 gone.size() == 1 ? "" : "s", core::format_size(total).c_str(), names.c_str());
     return 0;
   };
   std::vector<std::string> args = {"fusermount3", lazy ? "-uz" : "-u", "--", abs};

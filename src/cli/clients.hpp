@@ -6,8 +6,11 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 namespace capturefs::cli {
@@ -69,5 +72,23 @@ struct Pending {
   std::size_t commands = 0;
 };
 std::optional<Pending> pending_deliveries(const std::string& sock);
+
+/// \brief Observes a daemon from before its unmount until it exits, and
+/// collects the streams it discards (nobody would read them), for
+/// `capturefs umount` to name.
+class DiscardWatch {
+ public:
+  explicit DiscardWatch(const std::string& sock);
+  ~DiscardWatch();
+  DiscardWatch(const DiscardWatch&) = delete;
+  DiscardWatch& operator=(const DiscardWatch&) = delete;
+  /// Once the daemon has exited: the discarded streams (path, bytes).
+  std::vector<std::pair<std::string, std::uint64_t>> finish();
+
+ private:
+  std::mutex mu_;  // guards discarded_; lock order: a leaf
+  std::vector<std::pair<std::string, std::uint64_t>> discarded_;
+  std::thread thread_;
+};
 
 }  // namespace capturefs::cli

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <csignal>
 #include <ctime>
+#include <memory>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -97,6 +98,51 @@ std::string command_json(const proto::CommandStatus& c) {
 }
 
 }  // namespace
+
+DiscardWatch::DiscardWatch(const std::string& sock) {
+  try {
+    auto c = std::make_shared<ClientConnection>(sock);
+    proto::Subscribe s;
+    s.observe = true;
+    s.patterns = {"*"};
+    c->queue(s);
+    c->flush();
+    thread_ = std::thread([this, c] {
+      std::unordered_map<std::uint64_t, std::string> paths;
+      try {
+        while (auto f = c->next()) {
+          if (auto* o = std::get_if<proto::Opened>(&*f)) {
+            paths[o->id] = o->path;
+          } else if (auto* r = std::get_if<proto::Renamed>(&*f)) {
+            paths[r->id] = r->path;
+          } else if (auto* cl = std::get_if<proto::Closed>(&*f)) {
+            if (cl->status == proto::CloseStatus::aborted && cl->reason.rfind("discarded at unmount", 0) == 0) {
+              std::lock_guard lk(mu_);
+              discarded_.push_back({paths[cl->id], cl->total});
+            }
+            paths.erase(cl->id);
+          } else if (std::holds_alternative<proto::Error>(*f)) {
+            break;  // the daemon stops
+          }
+        }
+      } catch (const std::exception&) {
+        // the daemon is gone: what was seen is all there is
+      }
+    });
+  } catch (const std::exception&) {
+    // no daemon to watch
+  }
+}
+
+DiscardWatch::~DiscardWatch() {
+  if (thread_.joinable()) thread_.detach();
+}
+
+std::vector<std::pair<std::string, std::uint64_t>> DiscardWatch::finish() {
+  if (thread_.joinable()) thread_.join();
+  std::lock_guard lk(mu_);
+  return discarded_;
+}
 
 std::optional<Pending> pending_deliveries(const std::string& sock) {
   try {

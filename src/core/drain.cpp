@@ -33,7 +33,7 @@ std::vector<Volume::Leftover> Volume::discard_unread() {
                                      [&](const auto& sub) { return sub->matches(path); });
       if (taken) continue;
       out.push_back(Leftover{path, n->stream->unconsumed()});
-      if (NodePtr p = find(n->parent)) detach(*p, *n, fx);
+      if (NodePtr p = find(n->parent)) detach(*p, *n, fx, false, kDiscardedReason);
     }
   }
   settle(std::move(fx));

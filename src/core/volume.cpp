@@ -218,12 +218,12 @@ void Volume::on_name_gone(NameGone f) {
   name_gone_ = std::move(f);
 }
 
-void Volume::detach(Node& parent, Node& n, Effects& fx, bool delivered) {
+void Volume::detach(Node& parent, Node& n, Effects& fx, bool delivered, const char* reason) {
   if (n.stream && !n.retired && !observers_.empty()) {
     StreamEnd end;
     end.total = n.stream->attr(n.ino).size;
     end.complete = delivered;
-    if (!delivered) end.reason = "unlinked";
+    if (!delivered) end.reason = reason;
     notify(fx, [id = n.ino, end](Observer& o) { o.ended(id, end); });
   }
   parent.children.erase(n.name);

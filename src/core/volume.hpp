@@ -214,6 +214,9 @@ class Volume {
   void check_stalls(std::int64_t now_ns);
   // ---- Unmount ("deliveries finish at unmount", core/drain.cpp). Called
   // once the front end is gone: no process can open a stream any more.
+  /// What observers (`capturefs watch`, `capturefs umount`) are told of a
+  /// stream discard_unread() discarded.
+  static constexpr const char* kDiscardedReason = "discarded at unmount: nobody read it";
   struct Leftover {
     std::string path;
     std::uint64_t bytes = 0;  ///< not yet delivered
@@ -297,7 +300,9 @@ class Volume {
                    const Caller& who);
   // Removes n's name; `delivered`: because its consumer has it all (else
   // it was unlinked).
-  void detach(Node& parent, Node& n, Effects& fx, bool delivered = false);
+  // `reason`: what observers are told of a name removed undelivered.
+  void detach(Node& parent, Node& n, Effects& fx, bool delivered = false,
+              const char* reason = "unlinked");
   // detach() of a delivered name, by the volume's own decision: the front
   // end is told (on_name_gone) so the kernel can drop its cached entry.
   void let_go(Node& parent, Node& n, Effects& fx);

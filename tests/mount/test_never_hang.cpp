@@ -331,6 +331,8 @@ TEST_F(UnmountUnread, StreamsNobodyReadAreNamedWithTheirSizes) {
   ASSERT_TRUE(w.ok()) << w.describe();
   RunResult um = run({capturefs_binary(), "umount", mnt().path()}, 60s);
   ASSERT_TRUE(um.ok()) << um.describe();
+  // umount says so too, with the names and the sizes.
+  EXPECT_NE(um.err.find("2 unread streams (2.9 KiB) discarded: a.txt, b.txt"), std::string::npos) << um.err;
   auto st = mnt().wait_exit(20s);
   ASSERT_TRUE(st);
   const std::string log = mnt().daemon_stderr();
