@@ -242,6 +242,61 @@ class NeverHangTest(MountCase):
             c.close()
 
 
+class ProgressTest(MountCase):
+    """`capturefs status --watch` refreshes; `capturefs cat --progress`
+    shows bytes and a rate on a terminal."""
+
+    def test_status_watch_refreshes_the_table(self):
+        write_file(self.d.at("seen.txt"), b"x" * 1000)
+        p = subprocess.Popen([CAPTUREFS, "status", self.d.mnt, "--watch", "0.1"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        out = b""
+        deadline = time.monotonic() + 30
+        while out.count(b"seen.txt") < 3 and time.monotonic() < deadline:
+            ready, _, _ = select.select([p.stdout], [], [], 1.0)
+            if ready:
+                chunk = os.read(p.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out += chunk
+        p.terminate()
+        p.wait(timeout=10)
+        self.assertGreaterEqual(out.count(b"seen.txt"), 3, out[-2000:])  # one table per refresh
+        self.assertIn(b"WAIT", out)
+        with open(self.d.at("seen.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"x" * 1000)
+
+    def test_cat_progress_on_a_terminal(self):
+        import pty
+        write_file(self.d.at("big.out"), os.urandom(3 << 20))
+        master, slave = pty.openpty()
+        try:
+            r = subprocess.run([CAPTUREFS, "cat", "--progress", self.d.at("big.out")], stdout=subprocess.PIPE,
+                               stderr=slave, timeout=60)
+            os.close(slave)
+            slave = -1
+            shown = b""
+            while True:
+                ready, _, _ = select.select([master], [], [], 0.5)
+                if not ready:
+                    break
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+        finally:
+            if slave >= 0:
+                os.close(slave)
+            os.close(master)
+        self.assertEqual(r.returncode, 0)
+        self.assertEqual(len(r.stdout), 3 << 20)
+        self.assertIn(b"big.out: 3.0M", shown, shown)
+        self.assertIn(b"/s", shown, shown)
+
+
 class SharingTest(MountCase):
     def test_two_subscribers_share_the_work_and_no_stream_goes_twice(self):
         subs = [spawn("share", self.d.sock, "job-*") for _ in range(2)]
