@@ -24,10 +24,15 @@
 #   --asan-only                  sanitizer builds only (ASan+UBSan, TSan)
 #
 # Time on a 2-vCPU machine, from a clean clone with the dependencies
-# installed. Measured while 2-3 other builds shared the machine (load
-# average 8-20), so the figures are pessimistic; see docs/testing.md.
-#   CI tier:   @CI_TIME@
-#   --full:    @FULL_TIME@
+# installed (measured while 2-3 other builds shared the machine, so the
+# figures are pessimistic):
+#   CI tier:  27 min at load average 8-15: normal compile 11 min, its tests
+#             3.6 min, bench 22 s, ASan+UBSan compile 3.9 min, its tests
+#             2.7 min beside the TSan compile (5.1 min), TSan tests 3.3 min.
+#             At load ~4 the normal compile took 4.3 min and its tests
+#             2.4 min. Unloaded, about 11 min (an estimate from these).
+#   --full:   not measured since the split; it is the matrix CI ran before,
+#             which took about 20 min unloaded.
 #
 # Environment: JOBS (compile jobs, default 2), TEST_JOBS (tests run at
 # once, default 2), MESON_TEST_ARGS (extra arguments for meson test, e.g.
