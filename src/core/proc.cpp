@@ -32,16 +32,6 @@ constexpr unsigned long kPfExiting = 0x00000004;  // PF_EXITING, include/linux/s
 
 }  // namespace
 
-std::int32_t tgid_of(std::int32_t tid) {
-  if (tid <= 0) return 0;
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/status", static_cast<int>(tid));
-  const std::string s = slurp(path);
-  const std::size_t at = s.find("\nTgid:");
-  if (at == std::string::npos) return 0;
-  return static_cast<std::int32_t>(std::strtol(s.c_str() + at + 6, nullptr, 10));
-}
-
 int killed_by_signal(std::int32_t tid) {
   if (tid <= 0) return 0;
   char path[64];

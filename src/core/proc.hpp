@@ -6,10 +6,6 @@
 
 namespace capturefs::core {
 
-/// \brief The process (thread group) that thread `tid` belongs to, or 0 if
-/// it cannot be told (gone, or no /proc). FUSE names the calling thread.
-std::int32_t tgid_of(std::int32_t tid);
-
 /// \brief If thread `tid` is exiting because a signal killed its process,
 /// that signal; else 0 (running, exiting normally, gone, or not readable).
 /// Meant for a request the exiting thread itself is waiting on (the FLUSH

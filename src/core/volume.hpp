@@ -82,10 +82,10 @@ struct Handle {
   bool passive = false;
   std::int32_t creator_pid = 0;  ///< the process that created the stream
   std::int32_t opener_pid = 0;   ///< the thread that opened it (writers)
-  /// A read-only open by a process that has the stream open for writing
-  /// itself: its reads read back without consuming (Stream::read_back), as
-  /// on a regular file; it is not the consumer (no self-deadlock: ffmpeg's
-  /// faststart re-reads its own output).
+  /// A read-only open by a thread that writes the stream itself (see
+  /// Volume::open): its reads read back without consuming
+  /// (Stream::read_back), as on a regular file; it is not the consumer (no
+  /// self-deadlock: ffmpeg's faststart rereads its own output).
   bool self_read = false;
   /// A writer of a held stream: the front end tells the volume when its
   /// process was killed while it had it open (killed_by_signal at FLUSH),
@@ -165,9 +165,10 @@ class Volume {
   /// (or, if it has one, gives a passive handle whose reads get EBUSY),
   /// anything else adds a writer (ESTALE if the stream was delivered: the
   /// name is gone and a new lookup makes a new stream).
-  /// `who`: the caller; a read-only open by a process that has written to
-  /// the stream and still has it open for writing (for a held stream: has
-  /// it open for writing) is a self-read (Handle::self_read).
+  /// `who`: the caller; a read-only open by a thread that opened the
+  /// stream for writing and wrote to it through that handle, still open
+  /// (for a held stream: opened it for writing), is a self-read
+  /// (Handle::self_read).
   Result<std::unique_ptr<Handle>> open(Ino ino, int flags, const Caller& who = {});
   /// \brief A close(2) of the handle (one of possibly several). A consumer
   /// that has read to EOF takes the name with it now, so that the name is

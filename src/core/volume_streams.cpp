@@ -9,7 +9,6 @@
 
 #include "core/delivery.hpp"
 #include "core/exit_watch.hpp"
-#include "core/proc.hpp"
 #include "core/spill.hpp"
 #include "core/stream.hpp"
 #include "core/volume.hpp"
@@ -228,38 +227,23 @@ Result<std::unique_ptr<Handle>> Volume::attach(Node& n, int flags, Effects& fx, 
 }
 
 namespace {
-// The caller is a process that writes the stream itself: it has written
-// to it through a handle still open (a held stream: has it open at all; a
-// consumer of a held stream waits for every writer, its own included). A
-// process that holds a writer it never wrote with (a wrapper keeping the
-// name alive for a tool it runs) is an ordinary consumer.
-bool writes_itself(const Stream& s, std::int32_t pid) {
-  if (pid <= 0) return false;
+// The caller writes the stream itself: the same thread (FUSE names the
+// calling thread) opened it for writing and has written to it through that
+// handle, still open (a held stream: has it open for writing at all; a
+// consumer of a held stream waits for every writer, its own included). So
+// ffmpeg rereading its output in the thread that wrote it reads back; a
+// wrapper that keeps a writer open without writing, and a program whose
+// other threads read what its writer threads write, are consumers.
+bool writes_itself(const Stream& s, std::int32_t tid) {
+  if (tid <= 0) return false;
   const std::vector<std::int32_t> writers = s.writer_pids(/*written_only=*/!s.holds());
-  if (writers.empty()) return false;
-  const std::int32_t me = tgid_of(pid);
-  if (me == 0) return false;
-  for (const std::int32_t w : writers) {
-    if (w == pid || (w > 0 && tgid_of(w) == me)) return true;
-  }
-  return false;
+  return std::find(writers.begin(), writers.end(), tid) != writers.end();
 }
 }  // namespace
 
 Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags, const Caller& who) {
   Effects fx;
   Result<std::unique_ptr<Handle>> out = Errno{EIO};
-  // A read-only open by a writer's own process reads back (no lock held
-  // for the /proc look-ups it takes).
-  bool self_read = false;
-  if (role_of(flags) == Role::Reader && who.pid > 0) {
-    std::shared_ptr<Stream> s;
-    {
-      std::lock_guard lk(tree_mu_);
-      if (NodePtr n = find(ino); n && n->kind == Kind::Stream) s = n->stream;
-    }
-    self_read = s && writes_itself(*s, who.pid);
-  }
   {
     std::lock_guard lk(tree_mu_);
     NodePtr n = find(ino);
@@ -275,6 +259,9 @@ Result<std::unique_ptr<Handle>> Volume::open(Ino ino, int flags, const Caller& w
       // so that O_CREAT makes a new stream (and a plain open gets ENOENT).
       out = Errno{ESTALE};
     } else {
+      // A read-only open by a thread that writes the stream reads back.
+      const bool self_read = role_of(flags) == Role::Reader && n->kind == Kind::Stream &&
+                             writes_itself(*n->stream, who.pid);
       out = attach(*n, flags, fx, who, self_read);
     }
   }
