@@ -3,6 +3,7 @@
 // first, tar skips members, a trailer check seeks to the end and back
 // (docs/semantics.md, `read (consumer)`).
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -157,6 +158,57 @@ TEST_F(Seek, ReadsWhileAWriterIsOpenStillConsume) {
   EXPECT_EQ(std::string(buf, 3), "678");
   EXPECT_EQ(::pread(r.get(), buf, 2, 4), -1);  // consumed while written
   EXPECT_EQ(errno, EIO);
+}
+
+TEST_F(Seek, MmapOfAFinishedStreamPrivateWorksSharedIsENODEV) {
+  // Streams are direct_io files: the kernel refuses a shared mapping
+  // (ENODEV) and serves a private one through reads at page offsets.
+  const std::string ref = mnt().scratch("ref");
+  RunResult mk = sh("head -c 300000 /dev/urandom > " + ref + " && cp " + ref + " " + at("s") +
+                    " && cp " + ref + " " + at("p"));
+  ASSERT_TRUE(mk.ok()) << mk.describe();
+  const std::string code =
+      "import errno, mmap, os, sys\n"
+      "want = open(sys.argv[3], 'rb').read()\n"
+      "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+      "try:\n"
+      "    mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)\n"
+      "    print('shared mapped')\n"
+      "except OSError as e:\n"
+      "    print('shared', errno.errorcode[e.errno])\n"
+      "os.close(fd)\n"
+      "fd = os.open(sys.argv[2], os.O_RDONLY)\n"
+      "m = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)\n"
+      "os.close(fd)\n"
+      "assert m[-28:] == want[-28:]\n"
+      "assert m[:4096] == want[:4096]\n"
+      "assert m[:] == want\n"
+      "m.close()\n"
+      "print('private ok')\n";
+  RunResult r = run({"python3", "-B", "-c", code, at("s"), at("p"), ref});
+  ASSERT_TRUE(r.ok()) << r.describe();
+  EXPECT_EQ(r.out, "shared ENODEV\nprivate ok\n");
+  // The shared attempt consumed nothing: the file reads whole.
+  EXPECT_EQ(sha256_of_data(cat(at("s"))), sha256_of(ref));
+}
+
+TEST_F(Seek, MmapOfAStreamStillWrittenConsumesAndAnEarlierPageIsSIGBUS) {
+  // The mapper is not the writer (else a self-read): its page reads
+  // consume, so a page before the one touched first is gone.
+  UniqueFd w = open_fd(at("w"), O_WRONLY | O_CREAT);
+  ASSERT_TRUE(w) << errno_string(errno);
+  ASSERT_EQ(write_all(w.get(), std::string(4 * 1024 * 1024, 'x')), "");
+  const std::string code =
+      "import mmap, os, sys\n"
+      "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+      "m = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)\n"
+      "assert m[3500000:3500010] == b'x' * 10\n"
+      "print('late page ok', flush=True)\n"
+      "m[0:10]\n"
+      "print('first page ok', flush=True)\n";
+  RunResult r = run({"python3", "-B", "-c", code, at("w")});
+  EXPECT_TRUE(killed_by(r.status, SIGBUS)) << r.describe();
+  EXPECT_EQ(r.out, "late page ok\n");
 }
 
 }  // namespace
