@@ -39,6 +39,15 @@ void Conn::start() {
   thread_ = std::thread([self = shared_from_this()] { self->run(); });
 }
 
+void Conn::drain_events(std::chrono::milliseconds limit) {
+  std::shared_ptr<ObserverQueue> obs;
+  {
+    std::lock_guard lk(kmu_);
+    obs = obs_;
+  }
+  if (obs) obs->drain(limit);
+}
+
 void Conn::kill(proto::Error e, bool shutdown) {
   {
     std::lock_guard lk(kmu_);
@@ -230,7 +239,10 @@ std::optional<proto::Error> Conn::on_subscribe(const proto::Subscribe& s) {
 
   if (s.observe) {
     observing_ = true;
-    obs_ = std::make_shared<ObserverQueue>(weak_from_this(), srv_.opt.observer_queue_bytes);
+    {
+      std::lock_guard lk(kmu_);  // drain_events() reads it from another thread
+      obs_ = std::make_shared<ObserverQueue>(weak_from_this(), srv_.opt.observer_queue_bytes);
+    }
     srv_.vol.observe(obs_);
     std::vector<core::StreamStats> snap = srv_.vol.snapshot();
     if (s.nowait && !matches_any(snap)) return make_error(ErrorCode::not_found, "no stream matches");

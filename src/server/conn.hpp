@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -152,11 +153,21 @@ class ObserverQueue final : public core::Observer {
   /// Waits for events; false once stopped.
   bool pop(std::deque<Event>& out) {
     std::unique_lock lk(mu_);
+    busy_ = false;  // the last batch is out
+    drained_.notify_all();
     cv_.wait(lk, [&] { return stopped_ || !q_.empty(); });
     if (stopped_) return false;
     out.swap(q_);
     bytes_ = 0;
+    busy_ = true;
     return true;
+  }
+  /// Waits (at most `limit`) until every event queued so far is sent: the
+  /// daemon's last words to an observer (`capturefs umount` learns which
+  /// streams the unmount discarded).
+  void drain(std::chrono::milliseconds limit) {
+    std::unique_lock lk(mu_);
+    drained_.wait_for(lk, limit, [&] { return stopped_ || (q_.empty() && !busy_); });
   }
   void stop() {
     {
@@ -175,10 +186,12 @@ class ObserverQueue final : public core::Observer {
   // held) and the writer thread; released before kill() is called.
   std::mutex mu_;
   std::condition_variable cv_;
+  std::condition_variable drained_;  // drain(): the queue is empty and sent
   std::deque<Event> q_;
   std::size_t bytes_ = 0;
   bool stopped_ = false;
   bool overflow_ = false;
+  bool busy_ = false;  // the writer thread is sending a batch it popped
 };
 
 class Conn : public std::enable_shared_from_this<Conn> {
@@ -203,6 +216,9 @@ class Conn : public std::enable_shared_from_this<Conn> {
   /// From now on only frames already being written are completed, within
   /// the grace period; nothing new is sent but the final ERROR.
   void begin_dying();
+  /// An observer: waits (at most `limit`) until the events queued so far
+  /// are sent. Called before begin_dying() at shutdown.
+  void drain_events(std::chrono::milliseconds limit);
   bool dying() const { return dying_.load(std::memory_order_acquire); }
 
   /// Writes a whole frame (and `payload` after it) under the write mutex.

@@ -150,8 +150,11 @@ void Server::stop() {
     std::lock_guard lk(impl_->mu);
     for (auto& [s, c] : impl_->conns) all.push_back(c);
   }
-  // First nobody sends anything new (streams handed from one closing
-  // consumer to another are not announced), then each ends.
+  // Observers get the events already queued (the streams an unmount
+  // discarded, for `capturefs umount`), then nobody sends anything new
+  // (streams handed from one closing consumer to another are not
+  // announced), then each ends.
+  for (auto& c : all) c->drain_events(std::chrono::seconds(2));
   for (auto& c : all) c->begin_dying();
   for (auto& c : all) c->kill(make_error(ErrorCode::shutdown, "the daemon is stopping"), /*shutdown=*/true);
   for (auto& c : all) c->join();
