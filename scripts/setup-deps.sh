@@ -15,8 +15,6 @@ packages=(
   fuse3
   # the real tools the compatibility suite (tests/compat) runs against a mount
   coreutils tar gzip xz-utils bzip2 zstd rsync curl openssl valgrind
-  # unzip: reads a finished zip's central directory at its end first (tests/mount, seek)
-  unzip
   # ffmpeg: -movflags +faststart rereads its own output (tests/mount, never_hang)
   ffmpeg
   # the install test (tests/cli/test_install.py): man -l, pip offline in a venv

@@ -263,12 +263,8 @@ Stream::Serve Stream::prepare_read(std::uint64_t pos, std::size_t size, std::siz
   if (pos < base_) return Serve::Error;  // seeking back past what we kept
   if (held()) return Serve::Wait;
   pos = std::min(pos, end());
-  if (!finished()) {
-    consume_to(pos, fx);
-    delivered_ = std::max(delivered_, base_);
-  }
-  // Finished: random access to [base_, end()); delivered_ is the highest
-  // offset read, released when the reader leaves (release()).
+  consume_to(pos, fx);
+  delivered_ = std::max(delivered_, base_);
   if (pos < end()) {
     *n = std::min<std::uint64_t>(size, end() - pos);
     delivered_ = std::max(delivered_, pos + *n);

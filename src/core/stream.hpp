@@ -208,12 +208,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
                              WriteDone done, Effects& fx);
   /// \brief The consumer reads up to `size` bytes at stream offset `pos`.
   ///
-  /// While a writer has it open, reading at `pos` consumes (frees)
-  /// everything before it; the bytes returned stay until the consumer reads
-  /// past them or leaves, so a reader may seek back within its last read
-  /// (bash's `read` builtin does). Once finished (no writer left), reads
-  /// consume nothing: the reader may read anywhere in the bytes still kept,
-  /// and leaving frees them up to the highest offset it read.
+  /// Reading at `pos` consumes (frees) everything before it; the bytes
+  /// returned stay until the consumer reads past them or leaves, so a reader
+  /// may seek back within its last read (bash's `read` builtin does).
   /// Before the retained bytes: EIO. The returned span is valid until the
   /// calling thread's next read. May park (never if nonblock).
   Outcome<std::span<const std::byte>> read(std::uint64_t pos, std::size_t size, bool nonblock,
@@ -309,9 +306,6 @@ class Stream : public std::enable_shared_from_this<Stream> {
   std::uint64_t stored() const { return queue_.size() + spill_.size(); }
   // A writer has it, or it waits for its creator to come back.
   bool writing() const { return writers_ > 0 || linger_; }
-  // Every writer is gone (a held stream: delivered): the reader reads at
-  // random in [base_, end()), nothing is consumed before it leaves.
-  bool finished() const { return !writing() && writes_.empty(); }
   // Held for its writers: consumers see nothing yet.
   bool held() const { return hold_ && writers_ > 0 && delivered_ == 0; }
   // Ended for a push consumer: no writer, nothing pending, all handed out.
@@ -419,8 +413,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
   mutable std::mutex mu_;
   ByteQueue queue_;
   std::uint64_t base_ = 0;       // stream offset of queue_'s front
-  std::uint64_t delivered_ = 0;  // bytes handed to consumers (>= base_): for a
-                                 // reader, the highest offset it read
+  std::uint64_t delivered_ = 0;  // bytes handed to consumers (>= base_)
   std::uint64_t reserved_ = 0;  // bytes taken from budget_ (== queue_.capacity())
   // The spill tier (see SPILLING). Its bytes are taken from the spill
   // budget: spill_.size(), plus the credits of FileWrites in flight.
