@@ -114,8 +114,12 @@ void Volume::check_stalls(std::int64_t now_ns) {
   for (const auto& s : streams) {
     Effects fx;
     const Stall st = s->check_stall(now_ns, policy_.stall_ns, fx);
-    settle(std::move(fx));
-    if (st.kind == Stall::Kind::None) continue;
+    if (st.kind == Stall::Kind::None) {
+      settle(std::move(fx));
+      continue;
+    }
+    // Logged before the writer is answered (settle), so that the line is
+    // there by the time the writer sees its write return or fail.
     const std::string path = path_of_stream(s.get());
     switch (st.kind) {
       case Stall::Kind::Spilling:
@@ -147,6 +151,7 @@ void Volume::check_stalls(std::int64_t now_ns) {
       }
       case Stall::Kind::None: break;
     }
+    settle(std::move(fx));
   }
 }
 
