@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -86,8 +87,12 @@ class DiscardWatch {
   std::vector<std::pair<std::string, std::uint64_t>> finish();
 
  private:
-  std::mutex mu_;  // guards discarded_; lock order: a leaf
-  std::vector<std::pair<std::string, std::uint64_t>> discarded_;
+  struct State {
+    std::mutex mu;  // guards discarded; lock order: a leaf
+    std::vector<std::pair<std::string, std::uint64_t>> discarded;
+  };
+  // Shared with the thread: a detached one (finish() never called) keeps it.
+  std::shared_ptr<State> state_ = std::make_shared<State>();
   std::thread thread_;
 };
 

@@ -107,7 +107,8 @@ DiscardWatch::DiscardWatch(const std::string& sock) {
     s.patterns = {"*"};
     c->queue(s);
     c->flush();
-    thread_ = std::thread([this, c] {
+    // The thread owns what it fills (state_), so that it never outlives it.
+    thread_ = std::thread([st = state_, c] {
       std::unordered_map<std::uint64_t, std::string> paths;
       try {
         while (auto f = c->next()) {
@@ -117,8 +118,8 @@ DiscardWatch::DiscardWatch(const std::string& sock) {
             paths[r->id] = r->path;
           } else if (auto* cl = std::get_if<proto::Closed>(&*f)) {
             if (cl->status == proto::CloseStatus::aborted && cl->reason.rfind("discarded at unmount", 0) == 0) {
-              std::lock_guard lk(mu_);
-              discarded_.push_back({paths[cl->id], cl->total});
+              std::lock_guard lk(st->mu);
+              st->discarded.push_back({paths[cl->id], cl->total});
             }
             paths.erase(cl->id);
           } else if (std::holds_alternative<proto::Error>(*f)) {
@@ -140,8 +141,8 @@ DiscardWatch::~DiscardWatch() {
 
 std::vector<std::pair<std::string, std::uint64_t>> DiscardWatch::finish() {
   if (thread_.joinable()) thread_.join();
-  std::lock_guard lk(mu_);
-  return discarded_;
+  std::lock_guard lk(state_->mu);
+  return state_->discarded;
 }
 
 std::optional<Pending> pending_deliveries(const std::string& sock) {
